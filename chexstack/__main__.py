@@ -1,0 +1,3 @@
+from chexstack.cli import main
+
+main()

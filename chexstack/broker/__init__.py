@@ -1,0 +1,221 @@
+"""A real single-node Apache Kafka broker (KRaft) from Maven Central jars, run in the background.
+
+`chexstack kafka up` fetches the jars once into the cache ($CHEXSTACK_CACHE/kafka-<version>), formats
+KRaft storage in the data directory and starts `kafka.Kafka` bound to 127.0.0.1. State (pid, log,
+cluster id, server.properties) lives in the data directory so `down` and a later `up` find it.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from chexstack.settings import default_cache, default_home
+
+POM = resources.files("chexstack.broker") / "pom.xml"
+LOG4J = resources.files("chexstack.broker") / "log4j2.yaml"
+
+
+class BrokerError(RuntimeError):
+    pass
+
+
+def kafka_version() -> str:
+    m = re.search(r"<kafka.version>([^<]+)</kafka.version>", POM.read_text())
+    assert m, "pom.xml names no kafka.version"
+    return m.group(1)
+
+
+def default_data_dir() -> Path:
+    return default_home() / "kafka"
+
+
+def fetch_jars(cache: Path | None = None) -> Path:
+    """Return the directory of broker jars, downloading them with Maven on first use."""
+    libs = (cache or default_cache()) / f"kafka-{kafka_version()}" / "libs"
+    if (libs / ".complete").exists():
+        return libs
+    for tool in ("mvn", "java"):
+        if shutil.which(tool) is None:
+            raise BrokerError(f"`{tool}` not found: the Kafka broker needs Java 17+ and Maven (apt-get install maven)")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=libs.parent) as tmp:
+        pom = Path(tmp) / "pom.xml"
+        pom.write_text(POM.read_text())
+        out = Path(tmp) / "libs"
+        cmd = ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
+               f"-DoutputDirectory={out}", "-DincludeScope=runtime"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise BrokerError(f"downloading Kafka {kafka_version()} jars with Maven failed:\n{proc.stdout}{proc.stderr}")
+        (out / ".complete").write_text(kafka_version() + "\n")
+        if libs.exists():
+            shutil.rmtree(libs)
+        out.rename(libs)
+    return libs
+
+
+@dataclass(frozen=True)
+class Broker:
+    data_dir: Path
+    port: int = 9092
+    host: str = "127.0.0.1"
+
+    @property
+    def controller_port(self) -> int:
+        return self.port + 1
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.data_dir / "broker.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir / "broker.log"
+
+    def _properties(self) -> str:
+        logs = self.data_dir / "logs"
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}",
+            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={logs}",
+            "offsets.topic.replication.factor=1",
+            "offsets.topic.num.partitions=6",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "transaction.state.log.num.partitions=6",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            # A single-node broker: rebalances need not wait for more members to join.
+            "group.initial.rebalance.delay.ms=0",
+            "num.partitions=6",
+            "auto.create.topics.enable=false",
+            "log.cleaner.backoff.ms=1000",
+            "",
+        ])
+
+    def running_pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            return pid
+        # A zombie or a reused pid is not our broker.
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            return pid
+        return pid if b"kafka.Kafka" in cmdline else None
+
+    def accepts_connections(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    def up(self, timeout_s: float = 90.0, heap: str = "512m", cache: Path | None = None) -> str:
+        """Start the broker (no-op when it already runs); returns once it answers metadata requests."""
+        if self.running_pid() is not None:
+            self._wait_ready(timeout_s)
+            return "already running"
+        if self.accepts_connections():
+            raise BrokerError(f"port {self.port} on {self.host} is taken by another process")
+        libs = fetch_jars(cache)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        props = self.data_dir / "server.properties"
+        props.write_text(self._properties())
+        cluster_file = self.data_dir / "cluster.id"
+        if not cluster_file.exists():
+            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            cluster_file.write_text(cid + "\n")
+        cluster_id = cluster_file.read_text().strip()
+        log4j = self.data_dir / "log4j2.yaml"
+        log4j.write_text(LOG4J.read_text())
+        classpath = f"{libs}/*"
+        fmt = subprocess.run(
+            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
+             "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
+            capture_output=True, text=True,
+        )
+        if fmt.returncode != 0:
+            raise BrokerError(f"formatting KRaft storage in {self.data_dir} failed:\n{fmt.stdout}{fmt.stderr}")
+        with open(self.log_file, "ab") as log:
+            proc = subprocess.Popen(
+                ["java", f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+                 f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath, "kafka.Kafka", str(props)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # outlives the CLI; `down` stops it by pid
+            )
+        self.pid_file.write_text(f"{proc.pid}\n")
+        try:
+            self._wait_ready(timeout_s, proc)
+        except BrokerError:
+            self.down()
+            raise
+        return "started"
+
+    def _wait_ready(self, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+        from confluent_kafka.admin import AdminClient
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise BrokerError(f"the broker exited with {proc.returncode}; see {self.log_file}:\n{self._tail()}")
+            if self.accepts_connections():
+                try:
+                    md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=5)
+                    if md.brokers:
+                        return
+                except Exception:
+                    pass
+            time.sleep(0.3)
+        raise BrokerError(f"the broker did not answer on {self.bootstrap} within {timeout_s:.0f} s; see {self.log_file}")
+
+    def _tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def down(self, timeout_s: float = 30.0) -> str:
+        pid = self.running_pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return "not running"
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.running_pid() is None:
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        return "stopped"

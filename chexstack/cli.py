@@ -1,0 +1,46 @@
+"""The `chexstack` command line. Each command group lives in chexstack/commands/<name>.py.
+
+Heavy imports (TensorFlow, pydicom) happen inside the commands, so `chexstack --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import typer
+
+from chexstack import __version__
+from chexstack.commands import data, kafka, model, predictions, schemas, serve, upload, workers
+
+app = typer.Typer(
+    name="chexstack",
+    help="CheXStack: chest X-ray ML platform. Every --flag can also be set as CHEXSTACK_<FLAG>.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    logging.basicConfig(
+        level=os.environ.get("CHEXSTACK_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+for module in (kafka, schemas, upload, data, model, serve, workers, predictions):
+    module.register(app)
+
+
+def main() -> None:
+    app()
