@@ -11,7 +11,7 @@ import os
 import typer
 
 from chexstack import __version__
-from chexstack.commands import data, kafka, model, predictions, schemas, serve, upload, workers
+from chexstack.commands import ab, data, kafka, model, predictions, schemas, serve, upload, workers
 
 app = typer.Typer(
     name="chexstack",
@@ -30,7 +30,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     logging.basicConfig(
         level=os.environ.get("CHEXSTACK_LOG_LEVEL", "INFO").upper(),
@@ -38,7 +40,7 @@ def _root(
     )
 
 
-for module in (kafka, schemas, upload, data, model, serve, workers, predictions):
+for module in (kafka, schemas, upload, data, model, serve, workers, predictions, ab):
     module.register(app)
 
 

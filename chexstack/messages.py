@@ -189,7 +189,9 @@ def decode(model: type[M], value: bytes | None) -> M:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "message"
-        raise BadMessage(f"invalid {model.__name__} ({exc.error_count()} errors): {where}: {first['msg']}") from exc
+        raise BadMessage(
+            f"invalid {model.__name__} ({exc.error_count()} errors): {where}: {first['msg']}"
+        ) from exc
 
 
 def export_json_schemas(out_dir: Path) -> list[Path]:

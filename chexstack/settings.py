@@ -46,7 +46,9 @@ KafkaOpt = _opt(DEFAULT_KAFKA, "--kafka", "Kafka bootstrap servers.")
 StoreOpt = _opt(None, "--store", "Blob store location (directory). Default: $CHEXSTACK_HOME/blobs.")
 ServingOpt = _opt(DEFAULT_SERVING, "--serving", "TF Serving gRPC target host:port.")
 PseudonymKeyOpt = _opt(
-    None, "--pseudonym-key", "Secret key for patient pseudonyms (keyed hash). Generated into the store if unset."
+    None,
+    "--pseudonym-key",
+    "Secret key for patient pseudonyms (keyed hash). Generated into the store if unset.",
 )
 ModelNameOpt = _opt(DEFAULT_MODEL_NAME, "--model-name", "Model name in serving.")
 MaxBytesOpt = _opt(64 * 1024 * 1024, "--max-bytes", "Largest accepted upload in bytes.", min=1)

@@ -52,9 +52,7 @@ class TopicSpec:
     config: dict[str, str]
 
 
-def specs(
-    partitions: int = DEFAULT_PARTITIONS, retention_ms: int = DEFAULT_RETENTION_MS
-) -> list[TopicSpec]:
+def specs(partitions: int = DEFAULT_PARTITIONS, retention_ms: int = DEFAULT_RETENTION_MS) -> list[TopicSpec]:
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     if retention_ms < -1 or retention_ms == 0:

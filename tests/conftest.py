@@ -59,7 +59,10 @@ def topics(kafka: str) -> dict[str, str]:
     admin = AdminClient({"bootstrap.servers": kafka})
     specs = t.specs(partitions=int(os.environ.get("CHEXSTACK_TEST_PARTITIONS", "3")))
     futs = admin.create_topics(
-        [NewTopic(prefix + s.name, num_partitions=s.partitions, replication_factor=1, config=s.config) for s in specs]
+        [
+            NewTopic(prefix + s.name, num_partitions=s.partitions, replication_factor=1, config=s.config)
+            for s in specs
+        ]
     )
     for f in futs.values():
         f.result()

@@ -48,17 +48,29 @@ def fetch_jars(cache: Path | None = None) -> Path:
         return libs
     for tool in ("mvn", "java"):
         if shutil.which(tool) is None:
-            raise BrokerError(f"`{tool}` not found: the Kafka broker needs Java 17+ and Maven (apt-get install maven)")
+            raise BrokerError(
+                f"`{tool}` not found: the Kafka broker needs Java 17+ and Maven (apt-get install maven)"
+            )
     libs.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=libs.parent) as tmp:
         pom = Path(tmp) / "pom.xml"
         pom.write_text(POM.read_text())
         out = Path(tmp) / "libs"
-        cmd = ["mvn", "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-               f"-DoutputDirectory={out}", "-DincludeScope=runtime"]
+        cmd = [
+            "mvn",
+            "-q",
+            "-B",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={out}",
+            "-DincludeScope=runtime",
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise BrokerError(f"downloading Kafka {kafka_version()} jars with Maven failed:\n{proc.stdout}{proc.stderr}")
+            raise BrokerError(
+                f"downloading Kafka {kafka_version()} jars with Maven failed:\n{proc.stdout}{proc.stderr}"
+            )
         (out / ".complete").write_text(kafka_version() + "\n")
         if libs.exists():
             shutil.rmtree(libs)
@@ -90,30 +102,32 @@ class Broker:
 
     def _properties(self) -> str:
         logs = self.data_dir / "logs"
-        return "\n".join([
-            "process.roles=broker,controller",
-            "node.id=1",
-            f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}",
-            f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
-            "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
-            f"log.dirs={logs}",
-            "offsets.topic.replication.factor=1",
-            "offsets.topic.num.partitions=6",
-            "transaction.state.log.replication.factor=1",
-            "transaction.state.log.min.isr=1",
-            "transaction.state.log.num.partitions=6",
-            "share.coordinator.state.topic.replication.factor=1",
-            "share.coordinator.state.topic.min.isr=1",
-            # A single-node broker: rebalances need not wait for more members to join.
-            "group.initial.rebalance.delay.ms=0",
-            "num.partitions=6",
-            "auto.create.topics.enable=false",
-            "log.cleaner.backoff.ms=1000",
-            "",
-        ])
+        return "\n".join(
+            [
+                "process.roles=broker,controller",
+                "node.id=1",
+                f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}",
+                f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                "controller.listener.names=CONTROLLER",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+                f"log.dirs={logs}",
+                "offsets.topic.replication.factor=1",
+                "offsets.topic.num.partitions=6",
+                "transaction.state.log.replication.factor=1",
+                "transaction.state.log.min.isr=1",
+                "transaction.state.log.num.partitions=6",
+                "share.coordinator.state.topic.replication.factor=1",
+                "share.coordinator.state.topic.min.isr=1",
+                # A single-node broker: rebalances need not wait for more members to join.
+                "group.initial.rebalance.delay.ms=0",
+                "num.partitions=6",
+                "auto.create.topics.enable=false",
+                "log.cleaner.backoff.ms=1000",
+                "",
+            ]
+        )
 
     def running_pid(self) -> int | None:
         try:
@@ -160,17 +174,43 @@ class Broker:
         log4j.write_text(LOG4J.read_text())
         classpath = f"{libs}/*"
         fmt = subprocess.run(
-            ["java", "-cp", classpath, "kafka.tools.StorageTool", "format", "--standalone",
-             "-t", cluster_id, "-c", str(props), "--ignore-formatted"],
-            capture_output=True, text=True,
+            [
+                "java",
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "--standalone",
+                "-t",
+                cluster_id,
+                "-c",
+                str(props),
+                "--ignore-formatted",
+            ],
+            capture_output=True,
+            text=True,
         )
         if fmt.returncode != 0:
-            raise BrokerError(f"formatting KRaft storage in {self.data_dir} failed:\n{fmt.stdout}{fmt.stderr}")
+            raise BrokerError(
+                f"formatting KRaft storage in {self.data_dir} failed:\n{fmt.stdout}{fmt.stderr}"
+            )
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
-                ["java", f"-Xmx{heap}", f"-Xms{heap}", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-                 f"-Dlog4j2.configurationFile={log4j}", "-cp", classpath, "kafka.Kafka", str(props)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                [
+                    "java",
+                    f"-Xmx{heap}",
+                    f"-Xms{heap}",
+                    "-XX:+UseG1GC",
+                    "-Djava.awt.headless=true",
+                    f"-Dlog4j2.configurationFile={log4j}",
+                    "-cp",
+                    classpath,
+                    "kafka.Kafka",
+                    str(props),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
                 start_new_session=True,  # outlives the CLI; `down` stops it by pid
             )
         self.pid_file.write_text(f"{proc.pid}\n")
@@ -187,7 +227,9 @@ class Broker:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
-                raise BrokerError(f"the broker exited with {proc.returncode}; see {self.log_file}:\n{self._tail()}")
+                raise BrokerError(
+                    f"the broker exited with {proc.returncode}; see {self.log_file}:\n{self._tail()}"
+                )
             if self.accepts_connections():
                 try:
                     md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=5)
@@ -196,7 +238,9 @@ class Broker:
                 except Exception:
                     pass
             time.sleep(0.3)
-        raise BrokerError(f"the broker did not answer on {self.bootstrap} within {timeout_s:.0f} s; see {self.log_file}")
+        raise BrokerError(
+            f"the broker did not answer on {self.bootstrap} within {timeout_s:.0f} s; see {self.log_file}"
+        )
 
     def _tail(self, n: int = 20) -> str:
         try:

@@ -8,12 +8,26 @@ import typer
 
 from chexstack.settings import KafkaOpt, TopicPrefixOpt, env_name
 
-kafka_app = typer.Typer(help="Run a real single-node Kafka broker (KRaft) on 127.0.0.1.", no_args_is_help=True)
+kafka_app = typer.Typer(
+    help="Run a real single-node Kafka broker (KRaft) on 127.0.0.1.", no_args_is_help=True
+)
 
-DataDirOpt = typer.Option(None, "--data-dir", envvar=env_name("--kafka-data-dir"), show_envvar=True,
-                          help="Broker state directory. Default: $CHEXSTACK_HOME/kafka.")
-PortOpt = typer.Option(9092, "--port", envvar=env_name("--kafka-port"), show_envvar=True, min=1, max=65534,
-                       help="Client port; the KRaft controller uses port+1.")
+DataDirOpt = typer.Option(
+    None,
+    "--data-dir",
+    envvar=env_name("--kafka-data-dir"),
+    show_envvar=True,
+    help="Broker state directory. Default: $CHEXSTACK_HOME/kafka.",
+)
+PortOpt = typer.Option(
+    9092,
+    "--port",
+    envvar=env_name("--kafka-port"),
+    show_envvar=True,
+    min=1,
+    max=65534,
+    help="Client port; the KRaft controller uses port+1.",
+)
 
 
 def _broker(data_dir: Path | None, port: int):  # type: ignore[no-untyped-def]
@@ -28,7 +42,9 @@ def up(
     port: int = PortOpt,
     heap: str = typer.Option("512m", "--heap", help="JVM heap size."),
     partitions: int = typer.Option(6, "--partitions", min=1, help="Partitions for the xray.* topics."),
-    retention_ms: int = typer.Option(7 * 24 * 3600 * 1000, "--retention-ms", help="Retention of the xray.* topics."),
+    retention_ms: int = typer.Option(
+        7 * 24 * 3600 * 1000, "--retention-ms", help="Retention of the xray.* topics."
+    ),
     topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
 ) -> None:
     """Start the broker in the background and create the topics; returns once it accepts connections."""

@@ -1,0 +1,150 @@
+"""A/B weights: choosing a variant per image, and the compacted `chexstack.control` topic."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import uuid
+
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from chexstack.bus import make_producer, produce_sync
+from chexstack.messages import AbConfig, BadMessage, decode
+
+log = logging.getLogger(__name__)
+
+LATEST = "latest"  # the variant name used when no weights are configured
+
+
+def parse_weights(text: str | list[str]) -> dict[str, int]:
+    """`stable=90,canary=10` (or a list of `name=weight`) -> {"stable": 90, "canary": 10}."""
+    items = text if isinstance(text, list) else [t for t in text.split(",")]
+    weights: dict[str, int] = {}
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip() or not value.strip().isdigit():
+            raise ValueError(f"bad weight {item!r}: expected NAME=INTEGER, e.g. stable=90")
+        weights[name.strip()] = int(value)
+    AbConfig(model_name="x", weights=weights)  # same validation as the control message
+    return weights
+
+
+def choose_variant(weights: dict[str, int], sticky_key: str, model_name: str) -> str:
+    """Deterministic weighted choice: the same patient (or image) always lands on the same variant."""
+    total = sum(weights.values())
+    if total <= 0:
+        return LATEST
+    digest = hashlib.sha256(f"{model_name}\0{sticky_key}".encode()).digest()
+    bucket = int.from_bytes(digest[:8], "big") % total
+    for name in sorted(weights):
+        if bucket < weights[name]:
+            return name
+        bucket -= weights[name]
+    raise AssertionError("unreachable: bucket < total")
+
+
+def publish_weights(bootstrap: str, control_topic: str, model_name: str, weights: dict[str, int]) -> AbConfig:
+    cfg = AbConfig(model_name=model_name, weights=weights)
+    producer = make_producer(bootstrap)
+    produce_sync(producer, control_topic, AbConfig.key_for(model_name), cfg.to_bytes())
+    return cfg
+
+
+def read_weights(
+    bootstrap: str, control_topic: str, model_name: str, timeout_s: float = 10.0
+) -> AbConfig | None:
+    """The latest A/B config for a model, reading the control topic to its end."""
+    follower = ControlFollower(bootstrap, control_topic, model_name, default={})
+    try:
+        follower.catch_up(timeout_s)
+        return follower.config
+    finally:
+        follower.close()
+
+
+class ControlFollower:
+    """Follows the control topic in a background thread; `weights` is always the newest config."""
+
+    def __init__(self, bootstrap: str, control_topic: str, model_name: str, default: dict[str, int]) -> None:
+        self.model_name = model_name
+        self.topic = control_topic
+        self._default = dict(default)
+        self.config: AbConfig | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        # No group: every router reads the whole compacted topic itself.
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"chexstack-control-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "enable.partition.eof": True,
+            }
+        )
+        md = self._consumer.list_topics(control_topic, timeout=10)
+        parts = md.topics[control_topic].partitions if control_topic in md.topics else {}
+        if not parts:
+            raise RuntimeError(f"control topic {control_topic} does not exist (run `chexstack kafka topics`)")
+        self._consumer.assign([TopicPartition(control_topic, p, 0) for p in parts])  # 0 = from the start
+        self._eof: set[int] = set()
+        self._parts = set(parts)
+
+    @property
+    def weights(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.config.weights) if self.config else dict(self._default)
+
+    def _poll_once(self, timeout: float) -> None:
+        msg = self._consumer.poll(timeout)
+        if msg is None:
+            return
+        err = msg.error()
+        if err is not None:
+            if err.code() == KafkaError._PARTITION_EOF:
+                self._eof.add(msg.partition() or 0)
+            else:
+                log.warning("control topic: %s", err)
+            return
+        if (msg.key() or b"").decode(errors="replace") != AbConfig.key_for(self.model_name):
+            return
+        if msg.value() is None:  # tombstone: back to the default
+            with self._lock:
+                self.config = None
+            return
+        try:
+            cfg = decode(AbConfig, msg.value())
+        except BadMessage as exc:
+            log.warning("control topic: ignoring a bad A/B config at offset %s: %s", msg.offset(), exc)
+            return
+        with self._lock:
+            changed = self.config is None or self.config.weights != cfg.weights
+            self.config = cfg
+        if changed:
+            log.info("A/B weights for %s: %s", self.model_name, cfg.weights or LATEST)
+
+    def catch_up(self, timeout_s: float) -> None:
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while self._eof != self._parts and time.monotonic() < deadline:
+            self._poll_once(0.2)
+
+    def start(self) -> None:
+        self.catch_up(10)
+        self._thread = threading.Thread(target=self._run, name="control-follower", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._poll_once(0.5)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._consumer.close()

@@ -1,0 +1,1 @@
+"""Stateless Kafka consumer-group workers: preprocess and route."""

@@ -1,0 +1,105 @@
+"""Router worker: micro-batches xray.preprocessed, picks an A/B variant per image, calls serving over
+gRPC and publishes xray.predictions. Serving outages are retried with backoff; nothing is dropped."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from confluent_kafka import Message
+
+from chexstack.ab import LATEST, ControlFollower, choose_variant
+from chexstack.messages import BadMessage, Latency, Prediction, Preprocessed, decode, now_ms
+from chexstack.serving_client import ServingClient, ServingError
+from chexstack.topics import Topics
+from chexstack.workers.base import BatchWorker, Output, Retry, dead_letter
+
+log = logging.getLogger(__name__)
+WORKER = "router"
+
+
+@dataclass
+class Router:
+    serving: ServingClient
+    model_name: str
+    topics: Topics
+    follower: ControlFollower | None = None
+    static_weights: dict[str, int] | None = None
+
+    def weights(self) -> dict[str, int]:
+        if self.follower is not None:
+            return self.follower.weights
+        return dict(self.static_weights or {})
+
+    def handle(self, msgs: Sequence[Message]) -> list[Output]:
+        outputs: list[Output] = []
+        groups: dict[str, list[tuple[Message, Preprocessed]]] = {}
+        weights = self.weights()
+        for msg in msgs:
+            try:
+                pre = decode(Preprocessed, msg.value())
+            except BadMessage as exc:
+                outputs.append(dead_letter(msg, self.topics.dlq, WORKER, str(exc), type(exc).__name__))
+                continue
+            variant = (
+                choose_variant(weights, pre.patient or pre.image_id, self.model_name) if weights else LATEST
+            )
+            groups.setdefault(variant, []).append((msg, pre))
+        for variant, items in sorted(groups.items()):
+            pixels = np.stack([pre.pixels() for _, pre in items])
+            started_ms = now_ms()
+            t0 = time.perf_counter()
+            try:
+                probs, version = self.serving.predict(
+                    self.model_name, pixels, label=None if variant == LATEST else variant
+                )
+            except ServingError as exc:
+                if exc.retryable:
+                    raise Retry(f"serving unavailable for {self.model_name}/{variant}: {exc}") from exc
+                for msg, _ in items:
+                    reason = f"serving refused {self.model_name}/{variant}: {exc}"
+                    outputs.append(dead_letter(msg, self.topics.dlq, WORKER, reason, "ServingError"))
+                continue
+            serving_ms = (time.perf_counter() - t0) * 1000
+            done_ms = now_ms()
+            for (_, pre), p in zip(items, probs, strict=True):
+                pred = Prediction(
+                    image_id=pre.image_id,
+                    patient=pre.patient,
+                    model_name=self.model_name,
+                    model_version=version,
+                    variant=variant,
+                    probabilities=tuple(round(float(x), 6) for x in np.clip(p, 0.0, 1.0)),
+                    latency=Latency(
+                        preprocess_ms=pre.preprocess_ms,
+                        queue_ms=max(0.0, started_ms - pre.preprocessed_at_ms),
+                        serving_ms=round(serving_ms, 3),
+                        end_to_end_ms=max(0.0, done_ms - pre.uploaded_at_ms),
+                    ),
+                    predicted_at_ms=done_ms,
+                )
+                outputs.append(Output(self.topics.predictions, pre.image_id, pred.to_bytes()))
+        return outputs
+
+
+def make_worker(
+    *,
+    bootstrap: str,
+    router: Router,
+    group: str = "chexstack-router",
+    max_batch: int = 32,
+    max_wait_s: float = 0.05,
+) -> BatchWorker:
+    return BatchWorker(
+        name=WORKER,
+        bootstrap=bootstrap,
+        group=group,
+        in_topic=router.topics.preprocessed,
+        handler=router.handle,
+        max_batch=max_batch,
+        max_wait_s=max_wait_s,
+        dlq_topic=router.topics.dlq,
+    )
