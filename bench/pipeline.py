@@ -44,8 +44,12 @@ def free_port() -> int:
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-m", "chexstack", *args], env={**os.environ, **env},
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    return subprocess.Popen(
+        [sys.executable, "-m", "chexstack", *args],
+        env={**os.environ, **env},
+        stdout=open(log, "wb"),
+        stderr=subprocess.STDOUT,
+    )  # noqa: SIM115
 
 
 def wait_http(url: str, needle: str, timeout_s: float = 300) -> None:
@@ -97,8 +101,25 @@ def main() -> None:
         topics = Topics("bench.")
         ensure_topics(broker.bootstrap, partitions=6, prefix=topics.prefix)
         models = work / "models" / "chexnet"
-        subprocess.run([sys.executable, "-m", "chexstack", "model", "export", "--out", str(models), "--version",
-                        "1", "--weights", "random", "--seed", "0"], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "chexstack",
+                "model",
+                "export",
+                "--out",
+                str(models),
+                "--version",
+                "1",
+                "--weights",
+                "random",
+                "--seed",
+                "0",
+            ],
+            check=True,
+            capture_output=True,
+        )
         rng = np.random.default_rng(0)
         files = [make_png(render_radiograph(rng, [], size=512)) for _ in range(ns.images)]
         pixels = np.stack([preprocess_bytes(f) for f in files])
@@ -106,17 +127,37 @@ def main() -> None:
         direct = direct_throughput(models / "1", pixels, ns.batch)
 
         grpc_port, rest_port = free_port(), free_port()
-        env = {"CHEXSTACK_KAFKA": broker.bootstrap, "CHEXSTACK_STORE": str(work / "blobs"),
-               "CHEXSTACK_TOPIC_PREFIX": topics.prefix, "CHEXSTACK_SERVING": f"127.0.0.1:{grpc_port}",
-               "CHEXSTACK_LOG_LEVEL": "INFO"}
-        procs.append(start(["serve", "--model-name", "chexnet", "--model-base-path", str(models), "--port",
-                            str(grpc_port), "--rest-api-port", str(rest_port), "--enable-batching"], env,
-                           work / "serve.log"))
+        env = {
+            "CHEXSTACK_KAFKA": broker.bootstrap,
+            "CHEXSTACK_STORE": str(work / "blobs"),
+            "CHEXSTACK_TOPIC_PREFIX": topics.prefix,
+            "CHEXSTACK_SERVING": f"127.0.0.1:{grpc_port}",
+            "CHEXSTACK_LOG_LEVEL": "INFO",
+        }
+        procs.append(
+            start(
+                [
+                    "serve",
+                    "--model-name",
+                    "chexnet",
+                    "--model-base-path",
+                    str(models),
+                    "--port",
+                    str(grpc_port),
+                    "--rest-api-port",
+                    str(rest_port),
+                    "--enable-batching",
+                ],
+                env,
+                work / "serve.log",
+            )
+        )
         wait_http(f"http://127.0.0.1:{rest_port}/v1/models/chexnet", "AVAILABLE")
 
         store = open_store(str(work / "blobs"))
-        uploader = Uploader(bootstrap=broker.bootstrap, store=store, key=load_or_create_key(store, None),
-                            topics=topics)
+        uploader = Uploader(
+            bootstrap=broker.bootstrap, store=store, key=load_or_create_key(store, None), topics=topics
+        )
         # Throughput: a backlog of uploads, then the workers drain it.
         ids = []
         for i, data in enumerate(files):
@@ -137,7 +178,9 @@ def main() -> None:
         for i in range(ns.latency_samples):
             res = uploader.upload_bytes(make_png(render_radiograph(rng, [], size=512)), f"lat{i}.png")
             assert res.image_id
-            (p,) = read_predictions(broker.bootstrap, topics.predictions, image_ids=[res.image_id], timeout_s=120)
+            (p,) = read_predictions(
+                broker.bootstrap, topics.predictions, image_ids=[res.image_id], timeout_s=120
+            )
             lat.append(p.latency.end_to_end_ms)
             time.sleep(0.2)
         uploader.close()
@@ -148,7 +191,9 @@ def main() -> None:
         print(f"images: {ns.images} (512x512 PNG), router micro-batch: {ns.batch}\n")
         print("| measure | value |")
         print("|---|---|")
-        print(f"| direct model throughput (in-process SavedModel, batch {ns.batch}) | {direct:.1f} images/s |")
+        print(
+            f"| direct model throughput (in-process SavedModel, batch {ns.batch}) | {direct:.1f} images/s |"
+        )
         print(f"| end-to-end pipeline throughput (upload backlog drained) | {e2e:.1f} images/s |")
         print(f"| **ratio end-to-end / direct** (target >= 0.8) | **{e2e / direct:.2f}** |")
         print(f"| single-image end-to-end latency p50 (n={len(lat)}) | {p50:.0f} ms |")

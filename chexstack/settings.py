@@ -39,7 +39,7 @@ def env_name(flag: str) -> str:
 
 
 def _opt(default: object, flag: str, help_: str, **kw: object) -> object:
-    return typer.Option(default, flag, envvar=env_name(flag), help=help_, show_envvar=True, **kw)  # type: ignore[call-overload]
+    return typer.Option(default, flag, envvar=env_name(flag), help=help_, show_envvar=True, **kw)  # type: ignore[call-overload, arg-type]
 
 
 KafkaOpt = _opt(DEFAULT_KAFKA, "--kafka", "Kafka bootstrap servers.")

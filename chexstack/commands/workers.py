@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def _opt(default: object, flag: str, help_: str, **kw: object) -> object:
-    return typer.Option(default, flag, envvar=env_name(flag), show_envvar=True, help=help_, **kw)  # type: ignore[call-overload]
+    return typer.Option(default, flag, envvar=env_name(flag), show_envvar=True, help=help_, **kw)  # type: ignore[call-overload, arg-type]
 
 
 def preprocess(

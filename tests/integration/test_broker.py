@@ -21,7 +21,10 @@ pytestmark = pytest.mark.integration
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "chexstack", *args], capture_output=True, text=True, timeout=180,
+        [sys.executable, "-m", "chexstack", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
         env={**os.environ, **(env or {})},
     )
 
@@ -57,9 +60,10 @@ def test_kafka_up_down_status_cli(tmp_path: Path) -> None:
 
 def test_topics_created_with_partitions_retention_and_compaction(kafka: str) -> None:
     created = ensure_topics(kafka, partitions=5, retention_ms=3_600_000, prefix="cfg.")
-    assert sorted(created) == sorted(f"cfg.{t}" for t in
-                                     ["xray.uploaded", "xray.preprocessed", "xray.predictions", "xray.dlq",
-                                      "chexstack.control"])
+    assert sorted(created) == sorted(
+        f"cfg.{t}"
+        for t in ["xray.uploaded", "xray.preprocessed", "xray.predictions", "xray.dlq", "chexstack.control"]
+    )
     assert ensure_topics(kafka, prefix="cfg.") == []  # idempotent
     admin = AdminClient({"bootstrap.servers": kafka})
     md = admin.list_topics(timeout=10)
@@ -75,7 +79,10 @@ def test_messages_are_readable_with_kcat(kafka: str, topics: dict[str, str]) -> 
     produce_sync(make_producer(kafka), topics["chexstack.control"], cfg.key_for("chexnet"), cfg.to_bytes())
     out = subprocess.run(
         ["kcat", "-b", kafka, "-C", "-t", topics["chexstack.control"], "-c", "1", "-e", "-f", "%k\t%s\n"],
-        capture_output=True, text=True, timeout=60, check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     key, value = out.strip().split("\t", 1)
     assert key == "ab/chexnet"

@@ -32,8 +32,15 @@ pytestmark = pytest.mark.integration
 
 def read_topic(kafka: str, topic: str, timeout_s: float = 10) -> list[tuple[str | None, bytes]]:
     """Every committed message of a topic, from the beginning to its current end."""
-    c = Consumer({"bootstrap.servers": kafka, "group.id": f"t-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                  "isolation.level": "read_committed", "enable.partition.eof": True})
+    c = Consumer(
+        {
+            "bootstrap.servers": kafka,
+            "group.id": f"t-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+        }
+    )
     try:
         parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
         c.assign([TopicPartition(topic, p, 0) for p in parts])
@@ -90,22 +97,34 @@ def wait_predictions(kafka: str, t: Topics, ids: list[str], timeout_s: float = 3
 
 @pytest.fixture
 def pipeline_env(kafka: str, topics: dict[str, str], store_dir: Path) -> dict[str, str]:
-    return {"CHEXSTACK_KAFKA": kafka, "CHEXSTACK_STORE": str(store_dir), "CHEXSTACK_TOPIC_PREFIX": topics["prefix"]}
+    return {
+        "CHEXSTACK_KAFKA": kafka,
+        "CHEXSTACK_STORE": str(store_dir),
+        "CHEXSTACK_TOPIC_PREFIX": topics["prefix"],
+    }
 
 
 @pytest.fixture
 def uploader(kafka: str, topics: dict[str, str], store_dir: Path) -> Uploader:
     store = open_store(str(store_dir))
-    return Uploader(bootstrap=kafka, store=store, key=load_or_create_key(store, None),
-                    topics=Topics(topics["prefix"]))
+    return Uploader(
+        bootstrap=kafka, store=store, key=load_or_create_key(store, None), topics=Topics(topics["prefix"])
+    )
 
 
 def test_two_preprocess_two_routers_exactly_one_prediction_each(
-    kafka: str, topics: dict[str, str], pipeline_env: dict[str, str], uploader: Uploader,
-    serve_factory, model_base: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+    kafka: str,
+    topics: dict[str, str],
+    pipeline_env: dict[str, str],
+    uploader: Uploader,
+    serve_factory,
+    model_base: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     t = Topics(topics["prefix"])
-    server = serve_factory("--model-name", "chexnet", "--model-base-path", str(model_base), "--enable-batching")
+    server = serve_factory(
+        "--model-name", "chexnet", "--model-base-path", str(model_base), "--enable-batching"
+    )
     env = {**pipeline_env, "CHEXSTACK_SERVING": server.grpc_target}
     with running_workers(env, tmp_path) as w:
         pre = [w.start("preprocess"), w.start("preprocess")]
@@ -116,8 +135,16 @@ def test_two_preprocess_two_routers_exactly_one_prediction_each(
         # Poison: not JSON, a reference to a blob that does not exist, garbage pixels for the router.
         producer = make_producer(kafka)
         produce_sync(producer, t.uploaded, "poison-1", b"this is not json")
-        missing = Uploaded(image_id="f" * 32, sha256="f" * 64, blob_uri="blob://sha256/" + "f" * 64,
-                           format="png", size_bytes=1, width=1, height=1, uploaded_at_ms=1)
+        missing = Uploaded(
+            image_id="f" * 32,
+            sha256="f" * 64,
+            blob_uri="blob://sha256/" + "f" * 64,
+            format="png",
+            size_bytes=1,
+            width=1,
+            height=1,
+            uploaded_at_ms=1,
+        )
         produce_sync(producer, t.uploaded, missing.image_id, missing.to_bytes())
         produce_sync(producer, t.preprocessed, "poison-3", b'{"schema": "xray.preprocessed/v1"}')
 
@@ -144,8 +171,13 @@ def test_two_preprocess_two_routers_exactly_one_prediction_each(
 
 
 def test_serving_stopped_and_restarted_mid_stream_loses_nothing(
-    kafka: str, topics: dict[str, str], pipeline_env: dict[str, str], uploader: Uploader,
-    serve_factory, model_base: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+    kafka: str,
+    topics: dict[str, str],
+    pipeline_env: dict[str, str],
+    uploader: Uploader,
+    serve_factory,
+    model_base: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     t = Topics(topics["prefix"])
     server = serve_factory("--model-name", "chexnet", "--model-base-path", str(model_base))
@@ -172,8 +204,13 @@ def test_serving_stopped_and_restarted_mid_stream_loses_nothing(
 
 
 def test_ab_weights_change_live_and_stick_per_patient(
-    kafka: str, topics: dict[str, str], pipeline_env: dict[str, str], uploader: Uploader,
-    serve_factory, model_base: Path, tmp_path: Path,  # type: ignore[no-untyped-def]
+    kafka: str,
+    topics: dict[str, str],
+    pipeline_env: dict[str, str],
+    uploader: Uploader,
+    serve_factory,
+    model_base: Path,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     t = Topics(topics["prefix"])
     config = tmp_path / "models.config"
@@ -192,8 +229,13 @@ def test_ab_weights_change_live_and_stick_per_patient(
         ids = upload(uploader, make_uploads(3, seed=5))
         assert {(p.variant, p.model_version) for p in wait_predictions(kafka, t, ids)} == {("stable", 1)}
 
-        ab = subprocess.run([sys.executable, "-m", "chexstack", "ab", "set", "chexnet", "stable=0", "canary=100"],
-                            env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+        ab = subprocess.run(
+            [sys.executable, "-m", "chexstack", "ab", "set", "chexnet", "stable=0", "canary=100"],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert ab.returncode == 0, ab.stderr
         deadline = time.monotonic() + 30
         while "canary" not in procs[1].text() and time.monotonic() < deadline:
@@ -201,8 +243,13 @@ def test_ab_weights_change_live_and_stick_per_patient(
         ids = upload(uploader, make_uploads(3, seed=6))
         assert {(p.variant, p.model_version) for p in wait_predictions(kafka, t, ids)} == {("canary", 2)}
 
-        subprocess.run([sys.executable, "-m", "chexstack", "ab", "set", "chexnet", "stable=50", "canary=50"],
-                       env={**os.environ, **env}, check=True, capture_output=True, timeout=60)
+        subprocess.run(
+            [sys.executable, "-m", "chexstack", "ab", "set", "chexnet", "stable=50", "canary=50"],
+            env={**os.environ, **env},
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         time.sleep(2)
         # One patient, many images: all land on the same variant.
         ids = upload(uploader, make_uploads(6, seed=7), patient_id="MRN-STICKY-1")

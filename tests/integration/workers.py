@@ -51,7 +51,9 @@ class Workers:
         fh = open(log, "wb")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
             [sys.executable, "-m", "chexstack", command, *args],
-            stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
         )
         p = Proc(f"{command}-{n}", proc, log)
         self.procs.append(p)

@@ -24,8 +24,15 @@ SHA = IMG * 2
 
 def uploaded(**kw: object) -> Uploaded:
     base: dict[str, object] = dict(
-        image_id=IMG, sha256=SHA, blob_uri=f"blob://sha256/{SHA}", patient="p-0123456789abcdef",
-        format="png", size_bytes=10, width=5, height=6, uploaded_at_ms=1,
+        image_id=IMG,
+        sha256=SHA,
+        blob_uri=f"blob://sha256/{SHA}",
+        patient="p-0123456789abcdef",
+        format="png",
+        size_bytes=10,
+        width=5,
+        height=6,
+        uploaded_at_ms=1,
     )
     base.update(kw)
     return Uploaded.model_validate(base)
@@ -62,8 +69,12 @@ def test_uploaded_rejects_raw_patient_identifier() -> None:
 def test_preprocessed_pixels_round_trip_and_size_check() -> None:
     px = np.arange(224 * 224, dtype=np.uint32).reshape(224, 224).astype(np.uint8)
     msg = Preprocessed(
-        image_id=IMG, sha256=SHA, pixels_b64=Preprocessed.encode_pixels(px),
-        uploaded_at_ms=1, preprocessed_at_ms=2, preprocess_ms=0.5,
+        image_id=IMG,
+        sha256=SHA,
+        pixels_b64=Preprocessed.encode_pixels(px),
+        uploaded_at_ms=1,
+        preprocessed_at_ms=2,
+        preprocess_ms=0.5,
     )
     again = decode(Preprocessed, msg.to_bytes())
     assert np.array_equal(again.pixels(), px)
@@ -77,20 +88,49 @@ def test_preprocessed_pixels_round_trip_and_size_check() -> None:
 
 def test_prediction_uses_canonical_label_order() -> None:
     lat = Latency(preprocess_ms=1, queue_ms=1, serving_ms=1, end_to_end_ms=3)
-    pred = Prediction(image_id=IMG, model_name="chexnet", model_version=1, variant="latest",
-                      probabilities=tuple(i / 20 for i in range(14)), latency=lat, predicted_at_ms=1)
+    pred = Prediction(
+        image_id=IMG,
+        model_name="chexnet",
+        model_version=1,
+        variant="latest",
+        probabilities=tuple(i / 20 for i in range(14)),
+        latency=lat,
+        predicted_at_ms=1,
+    )
     assert pred.labels[0] == "Atelectasis" and pred.labels[-1] == "Hernia"
     assert list(pred.by_label()) == list(LABELS)
     assert pred.by_label()["Effusion"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="canonical"):
-        Prediction(image_id=IMG, model_name="m", model_version=1, variant="v", labels=tuple(reversed(LABELS)),
-                   probabilities=(0.1,) * 14, latency=lat, predicted_at_ms=1)
+        Prediction(
+            image_id=IMG,
+            model_name="m",
+            model_version=1,
+            variant="v",
+            labels=tuple(reversed(LABELS)),
+            probabilities=(0.1,) * 14,
+            latency=lat,
+            predicted_at_ms=1,
+        )
     with pytest.raises(ValueError):
-        Prediction(image_id=IMG, model_name="m", model_version=1, variant="v",
-                   probabilities=(0.1,) * 13, latency=lat, predicted_at_ms=1)
+        Prediction(
+            image_id=IMG,
+            model_name="m",
+            model_version=1,
+            variant="v",
+            probabilities=(0.1,) * 13,
+            latency=lat,
+            predicted_at_ms=1,
+        )
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        Prediction(image_id=IMG, model_name="m", model_version=1, variant="v",
-                   probabilities=(1.5,) * 14, latency=lat, predicted_at_ms=1)
+        Prediction(
+            image_id=IMG,
+            model_name="m",
+            model_version=1,
+            variant="v",
+            probabilities=(1.5,) * 14,
+            latency=lat,
+            predicted_at_ms=1,
+        )
 
 
 def test_ab_config_validates_weights() -> None:
