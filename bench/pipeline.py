@@ -49,7 +49,7 @@ def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[b
         env={**os.environ, **env},
         stdout=open(log, "wb"),
         stderr=subprocess.STDOUT,
-    )  # noqa: SIM115
+    )
 
 
 def wait_http(url: str, needle: str, timeout_s: float = 300) -> None:

@@ -1,0 +1,1 @@
+"""`chexstack serve`: a TensorFlow Serving-compatible model server (REST + gRPC) in Python."""

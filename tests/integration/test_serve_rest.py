@@ -1,0 +1,209 @@
+"""`chexstack serve` over REST, exactly as TF Serving documents it; plus version polling and config reload."""
+
+from __future__ import annotations
+
+import base64
+import io
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+
+from tests.integration.conftest import ServeProcess, models_config, sample_pixels, start_server
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def server(model_base: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
+    """Versions 1 and 2 loaded; labels stable -> 1, canary -> 2."""
+    config = models_config(model_base, versions=(1, 2), labels={"stable": 1, "canary": 2})
+    srv = start_server(tmp_path_factory.mktemp("rest"), config=config)
+    srv.wait_available(1)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def reference(model_base: Path) -> dict[int, np.ndarray]:
+    """What versions 1 and 2 answer for sample_pixels(2), computed in-process."""
+    import tensorflow as tf
+
+    pixels = tf.constant(sample_pixels(2))
+    return {
+        v: tf.saved_model.load(str(model_base / str(v)))
+        .signatures["serving_default"](image=pixels)["probabilities"]
+        .numpy()
+        for v in (1, 2)
+    }
+
+
+def post(srv: ServeProcess, path: str, body: Any) -> requests.Response:
+    data = body if isinstance(body, bytes) else None
+    return requests.post(srv.rest_url + path, data=data, json=None if data is not None else body, timeout=60)
+
+
+def test_status_lists_every_version_in_tf_serving_shape(server: ServeProcess) -> None:
+    doc = requests.get(f"{server.rest_url}/v1/models/chexnet", timeout=10).json()
+    assert doc == {
+        "model_version_status": [
+            {"version": v, "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+            for v in ("1", "2")
+        ]
+    }
+    by_version = requests.get(f"{server.rest_url}/v1/models/chexnet/versions/2", timeout=10).json()
+    assert [s["version"] for s in by_version["model_version_status"]] == ["2"]
+    by_label = requests.get(f"{server.rest_url}/v1/models/chexnet/labels/stable", timeout=10).json()
+    assert [s["version"] for s in by_label["model_version_status"]] == ["1"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/models/nope", "/v1/models/chexnet/versions/7", "/v1/models/chexnet/labels/nope", "/v1/nothing"],
+)
+def test_unknown_model_version_label_is_404_with_error_body(server: ServeProcess, path: str) -> None:
+    for suffix in ("", "/metadata"):
+        res = requests.get(server.rest_url + path + suffix, timeout=10)
+        assert res.status_code == 404, (path, suffix)
+        assert set(res.json()) == {"error"} and res.json()["error"]
+
+
+def test_metadata_prints_signature_defs(server: ServeProcess) -> None:
+    doc = requests.get(f"{server.rest_url}/v1/models/chexnet/labels/stable/metadata", timeout=10).json()
+    assert doc["model_spec"] == {"name": "chexnet", "signature_name": "", "version": "1"}
+    sigs = doc["metadata"]["signature_def"]["signature_def"]
+    image = sigs["serving_default"]["inputs"]["image"]
+    assert image["dtype"] == "DT_UINT8"
+    assert [d["size"] for d in image["tensor_shape"]["dim"]] == ["-1", "224", "224", "1"]
+    out = sigs["serving_default"]["outputs"]["probabilities"]
+    assert out["dtype"] == "DT_FLOAT" and [d["size"] for d in out["tensor_shape"]["dim"]] == ["-1", "14"]
+    assert sigs["predict_image"]["inputs"]["image_bytes"]["dtype"] == "DT_STRING"
+    assert sigs["serving_default"]["method_name"] == "tensorflow/serving/predict"
+
+
+def test_predict_row_and_columnar_by_version_label_and_latest(
+    server: ServeProcess, reference: dict[int, np.ndarray]
+) -> None:
+    pixels = sample_pixels(2).tolist()
+    rows = post(server, "/v1/models/chexnet/versions/1:predict", {"instances": pixels})
+    assert rows.status_code == 200, rows.text
+    np.testing.assert_allclose(rows.json()["predictions"], reference[1], atol=1e-5)
+    cols = post(server, "/v1/models/chexnet/labels/stable:predict", {"inputs": {"image": pixels}})
+    assert cols.status_code == 200 and set(cols.json()) == {"outputs"}
+    np.testing.assert_allclose(cols.json()["outputs"], reference[1], atol=1e-5)
+    named = post(
+        server, "/v1/models/chexnet/labels/canary:predict", {"instances": [{"image": p} for p in pixels]}
+    )
+    np.testing.assert_allclose(named.json()["predictions"], reference[2], atol=1e-5)
+    latest = post(
+        server, "/v1/models/chexnet:predict", {"signature_name": "serving_default", "inputs": pixels}
+    )
+    np.testing.assert_allclose(latest.json()["outputs"], reference[2], atol=1e-5)
+
+
+def test_predict_image_with_b64_png(server: ServeProcess, reference: dict[int, np.ndarray]) -> None:
+    from PIL import Image
+
+    encoded = []
+    for img in sample_pixels(2)[..., 0]:
+        buf = io.BytesIO()
+        Image.fromarray(img).save(buf, format="PNG")
+        encoded.append({"b64": base64.b64encode(buf.getvalue()).decode()})
+    res = post(
+        server,
+        "/v1/models/chexnet/versions/2:predict",
+        {"signature_name": "predict_image", "instances": [{"image_bytes": e} for e in encoded]},
+    )
+    assert res.status_code == 200, res.text
+    np.testing.assert_allclose(res.json()["predictions"], reference[2], atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status"),
+    [
+        ("/v1/models/chexnet:predict", b"{not json", 400),
+        ("/v1/models/chexnet:predict", {"instances": [[1, 2, 3]]}, 400),  # bad shape
+        ("/v1/models/chexnet:predict", {"instances": [[[[0.5]] * 224] * 224]}, 400),  # float for uint8
+        ("/v1/models/chexnet:predict", {"instances": [[[[300]] * 224] * 224]}, 400),  # out of uint8 range
+        ("/v1/models/chexnet:predict", {"signature_name": "nope", "instances": [[[[1]] * 224] * 224]}, 400),
+        ("/v1/models/chexnet:predict", {"something": 1}, 400),
+        (
+            "/v1/models/chexnet:predict",
+            {"signature_name": "predict_image", "instances": [{"b64": "bm9wZQ=="}]},
+            400,
+        ),
+        ("/v1/models/nope:predict", {"instances": [[[[1]] * 224] * 224]}, 404),
+        ("/v1/models/chexnet/versions/9:predict", {"instances": [[[[1]] * 224] * 224]}, 404),
+    ],
+)
+def test_predict_errors(server: ServeProcess, path: str, body: Any, status: int) -> None:
+    res = post(server, path, body)
+    assert res.status_code == status, res.text
+    assert set(res.json()) == {"error"} and res.json()["error"]
+
+
+def _copy_version(base: Path, src: int, dst: int) -> None:
+    """Copy a version directory atomically, as a deploy job would (copy beside, then rename)."""
+    tmp = base / f".tmp-{dst}"
+    shutil.copytree(base / str(src), tmp)
+    tmp.rename(base / str(dst))
+
+
+def wait_for(predicate: Any, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.3)
+    raise AssertionError("condition not reached in time")
+
+
+def _states(srv: ServeProcess) -> dict[str, str]:
+    doc = requests.get(f"{srv.rest_url}/v1/models/chexnet", timeout=10).json()
+    return {s["version"]: s["state"] for s in doc.get("model_version_status", [])}
+
+
+def test_new_version_is_loaded_by_polling_without_restart(
+    serve_factory: Any, model_base: Path, tmp_path: Path
+) -> None:
+    base = tmp_path / "chexnet"
+    shutil.copytree(model_base, base)
+    srv = serve_factory(["--file-system-poll-wait-seconds", "0.5"], model_base=base)
+    assert _states(srv) == {"2": "AVAILABLE"}  # default policy: latest 1
+    _copy_version(base, 1, 3)
+    wait_for(lambda: _states(srv) == {"2": "END", "3": "AVAILABLE"})
+    pixels = sample_pixels(1).tolist()
+    res = post(srv, "/v1/models/chexnet:predict", {"instances": pixels})
+    v3 = post(srv, "/v1/models/chexnet/versions/3:predict", {"instances": pixels})
+    assert res.status_code == 200 and res.json() == v3.json()
+    assert post(srv, "/v1/models/chexnet/versions/2:predict", {"instances": pixels}).status_code == 404
+    shutil.rmtree(base / "3")  # removing the served version falls back to the latest remaining one
+    wait_for(lambda: _states(srv).get("2") == "AVAILABLE" and _states(srv).get("3") == "END")
+    srv.stop()
+    assert srv.proc is not None and srv.proc.returncode == 0  # graceful SIGTERM
+    assert "Unloaded servable version {name: chexnet version: 3}" in srv.log()
+
+
+def test_models_config_change_is_picked_up(serve_factory: Any, model_base: Path) -> None:
+    srv = serve_factory(
+        ["--model-config-file-poll-wait-seconds", "0.5"], config=models_config(model_base, versions=(1,))
+    )
+    assert requests.get(f"{srv.rest_url}/v1/models/chexnet/labels/next", timeout=10).status_code == 404
+    config_file = Path(srv.args[srv.args.index("--model-config-file") + 1])
+    # A label for a version that is not loaded is refused (TF Serving semantics); the server keeps serving.
+    config_file.write_text(models_config(model_base, versions=(1,), labels={"next": 2}))
+    wait_for(lambda: "not currently available" in srv.log())
+    assert requests.get(f"{srv.rest_url}/v1/models/chexnet/labels/next", timeout=10).status_code == 404
+    config_file.write_text(models_config(model_base, versions=(1, 2), labels={"next": 2}))
+    wait_for(
+        lambda: requests.get(f"{srv.rest_url}/v1/models/chexnet/labels/next", timeout=10).status_code == 200
+    )
+    assert _states(srv) == {"1": "AVAILABLE", "2": "AVAILABLE"}
+    srv.stop()
+    srv.start()  # restart on the same ports
+    assert requests.get(f"{srv.rest_url}/v1/models/chexnet/labels/next", timeout=10).status_code == 200
