@@ -29,11 +29,12 @@ def predictions(
 
     console = Console()
     seen: set[str] = set()
-    table = (
-        Table("image_id", "model", "variant", "top findings", "e2e ms")
-        if not as_json and not follow
-        else None
-    )
+    table = None
+    if not as_json and not follow:
+        table = Table()
+        table.add_column("image_id", no_wrap=True, min_width=32)
+        for name in ("model", "variant", "top findings", "e2e ms"):
+            table.add_column(name)
     for pred in read_predictions(
         kafka, Topics(topic_prefix).predictions, image_ids=image_id, follow=follow, timeout_s=timeout
     ):

@@ -194,7 +194,7 @@ class BatchWorker:
                 self.producer.poll(0)
             self.producer.send_offsets_to_transaction(
                 [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                self.consumer.consume_group_metadata(),
+                self.consumer.consumer_group_metadata(),
                 30,
             )
             self.producer.commit_transaction(60)

@@ -39,6 +39,11 @@ def handle_uploaded(
                 dead_letter(msg, topics.dlq, WORKER, f"cannot read the blob: {exc}", type(exc).__name__)
             )
             continue
+        except Exception as exc:  # any other per-message failure must not crash-loop the worker
+            log.exception("unexpected error on %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
+            reason = f"unexpected error: {exc}"
+            outputs.append(dead_letter(msg, topics.dlq, WORKER, reason, type(exc).__name__))
+            continue
         out = Preprocessed(
             image_id=up.image_id,
             sha256=up.sha256,

@@ -122,9 +122,7 @@ def test_two_preprocess_two_routers_exactly_one_prediction_each(
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     t = Topics(topics["prefix"])
-    server = serve_factory(
-        "--model-name", "chexnet", "--model-base-path", str(model_base), "--enable-batching"
-    )
+    server = serve_factory(["--enable-batching"], model_base=model_base)
     env = {**pipeline_env, "CHEXSTACK_SERVING": server.grpc_target}
     with running_workers(env, tmp_path) as w:
         pre = [w.start("preprocess"), w.start("preprocess")]
@@ -180,7 +178,7 @@ def test_serving_stopped_and_restarted_mid_stream_loses_nothing(
     tmp_path: Path,  # type: ignore[no-untyped-def]
 ) -> None:
     t = Topics(topics["prefix"])
-    server = serve_factory("--model-name", "chexnet", "--model-base-path", str(model_base))
+    server = serve_factory(model_base=model_base)
     env = {**pipeline_env, "CHEXSTACK_SERVING": server.grpc_target}
     with running_workers(env, tmp_path) as w:
         procs = [w.start("preprocess"), w.start("route", "--serving-timeout-s", "5")]
@@ -221,7 +219,7 @@ def test_ab_weights_change_live_and_stick_per_patient(
         "    version_labels { key: 'stable' value: 1 }\n    version_labels { key: 'canary' value: 2 }\n"
         "  }\n}\n"
     )
-    server = serve_factory("--model-config-file", str(config))
+    server = serve_factory(config=config.read_text())
     env = {**pipeline_env, "CHEXSTACK_SERVING": server.grpc_target}
     with running_workers(env, tmp_path) as w:
         procs = [w.start("preprocess"), w.start("route", "--weights", "stable=100")]
