@@ -58,7 +58,8 @@ mapfile -t files < <(find "$DEMO/synth" -type f \( -name '*.png' -o -name '*.dcm
 echo "== upload"
 upload_out="$(chexstack upload "${files[@]}" || true)"
 echo "$upload_out"
-mapfile -t ids < <(echo "$upload_out" | awk -F'\t' '$2 ~ /^[0-9a-f]{32}$/ {print $2}')
+# mawk (Debian's awk) has no {n} intervals, so grep picks the ids.
+mapfile -t ids < <(echo "$upload_out" | cut -f2 | grep -E '^[0-9a-f]{32}$' || true)
 args=()
 for id in "${ids[@]}"; do args+=(--image-id "$id"); done
 
