@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import typer
 
@@ -25,6 +26,14 @@ def _opt(default: object, flag: str, help_: str, **kw: object) -> object:
     return typer.Option(default, flag, envvar=env_name(flag), show_envvar=True, help=help_, **kw)  # type: ignore[call-overload, arg-type]
 
 
+def _health_opt() -> object:
+    return _opt(
+        None,
+        "--health-file",
+        "Touch this file every few seconds while the worker loop runs (container healthchecks).",
+    )
+
+
 def preprocess(
     kafka: str = KafkaOpt,  # type: ignore[assignment]
     store: str | None = StoreOpt,  # type: ignore[assignment]
@@ -33,6 +42,7 @@ def preprocess(
     max_bytes: int = MaxBytesOpt,  # type: ignore[assignment]
     max_pixels: int = MaxPixelsOpt,  # type: ignore[assignment]
     max_batch: int = _opt(16, "--preprocess-max-batch", "Messages per transaction.", min=1),  # type: ignore[assignment]
+    health_file: Path | None = _health_opt(),  # type: ignore[assignment]
 ) -> None:
     """Consume xray.uploaded, write xray.preprocessed (224x224 uint8); bad input goes to xray.dlq."""
     from chexstack.blobstore import open_store
@@ -48,6 +58,7 @@ def preprocess(
         group=group or f"{topic_prefix}chexstack-preprocess",
         max_batch=max_batch,
     )
+    worker.health_file = health_file
     worker.install_signal_handlers()
     stats = worker.run()
     log.info("preprocess stopped: %s", stats)
@@ -68,6 +79,7 @@ def route(
     max_batch: int = _opt(32, "--router-max-batch", "Largest micro-batch sent to serving.", min=1),  # type: ignore[assignment]
     max_wait_ms: int = _opt(20, "--router-max-wait-ms", "Longest wait to fill a micro-batch.", min=0),  # type: ignore[assignment]
     serving_timeout_s: float = _opt(30.0, "--serving-timeout-s", "Deadline of one serving call.", min=0.1),  # type: ignore[assignment]
+    health_file: Path | None = _health_opt(),  # type: ignore[assignment]
 ) -> None:
     """Consume xray.preprocessed, call TF Serving (gRPC), write xray.predictions."""
     from chexstack.ab import ControlFollower, parse_weights
@@ -91,6 +103,7 @@ def route(
         max_batch=max_batch,
         max_wait_s=max_wait_ms / 1000,
     )
+    worker.health_file = health_file
     worker.install_signal_handlers()
     try:
         stats = worker.run()

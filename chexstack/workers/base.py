@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
@@ -92,6 +94,10 @@ class BatchWorker:
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self._revoked = False
+        # Touched while the loop runs (also while waiting out a retry): a container healthcheck
+        # compares its age with a limit.
+        self.health_file: Path | None = None
+        self._last_beat = 0.0
         self.consumer: Consumer = make_consumer(bootstrap, group)
         # A fresh transactional.id per process is safe with KIP-447: fencing uses the group metadata.
         self.producer = Producer(
@@ -115,6 +121,7 @@ class BatchWorker:
         log.info("%s: consuming %s", self.name, self.in_topic)
         try:
             while not self.stop_event.is_set():
+                self._beat()
                 msgs = self._poll_batch()
                 if msgs:
                     self._process(msgs)
@@ -122,6 +129,16 @@ class BatchWorker:
             self.consumer.close()
             self.producer.flush(10)
         return self.stats
+
+    def _beat(self, every_s: float = 5.0) -> None:
+        if self.health_file is None or time.monotonic() - self._last_beat < every_s:
+            return
+        self._last_beat = time.monotonic()
+        try:
+            self.health_file.touch()
+            os.utime(self.health_file)
+        except OSError as exc:
+            log.warning("%s: cannot touch health file %s: %s", self.name, self.health_file, exc)
 
     def _poll_batch(self) -> list[Message]:
         batch = self.consumer.consume(num_messages=self.max_batch, timeout=self.max_wait_s)
@@ -160,6 +177,7 @@ class BatchWorker:
             while time.monotonic() < deadline:
                 if self.stop_event.is_set():
                     return False
+                self._beat()
                 # poll() serves heartbeats and rebalance callbacks; paused partitions deliver nothing.
                 msg = self.consumer.poll(0.2)
                 if msg is not None and msg.error() is None:
