@@ -17,7 +17,7 @@ help:
 system-deps:
 	@bash scripts/install-system-deps.sh
 
-$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
+$(STAMP): requirements.txt requirements-runtime.txt requirements-nodeps.txt pyproject.toml
 	@bash scripts/install-system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
