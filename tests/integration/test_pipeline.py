@@ -181,7 +181,11 @@ def test_serving_stopped_and_restarted_mid_stream_loses_nothing(
     server = serve_factory(model_base=model_base)
     env = {**pipeline_env, "CHEXSTACK_SERVING": server.grpc_target}
     with running_workers(env, tmp_path) as w:
-        procs = [w.start("preprocess"), w.start("route", "--serving-timeout-s", "5")]
+        health = tmp_path / "route.health"
+        procs = [
+            w.start("preprocess"),
+            w.start("route", "--serving-timeout-s", "5", "--health-file", str(health)),
+        ]
         w.wait_assigned(procs)
         first = upload(uploader, make_uploads(4, seed=3))
         wait_predictions(kafka, t, first)
@@ -193,6 +197,10 @@ def test_serving_stopped_and_restarted_mid_stream_loses_nothing(
         while "retrying" not in procs[1].text() and time.monotonic() < deadline:
             time.sleep(0.5)
         assert "retrying" in procs[1].text(), procs[1].text()[-2000:]
+        # A router waiting out an outage is alive: its health file keeps being touched.
+        beat = health.stat().st_mtime
+        time.sleep(6)
+        assert health.stat().st_mtime > beat
         server.start()
         wait_predictions(kafka, t, second)
 
