@@ -72,7 +72,7 @@ def route(
     group: str | None = GroupOpt,  # type: ignore[assignment]
     weights: str = _opt(
         "",
-        "--weights",
+        "--ab-weights",
         "Default A/B weights, e.g. stable=90,canary=10 (variant = TF Serving version label) "
         "until chexstack.control says otherwise. Empty: every image goes to the latest version.",
     ),  # type: ignore[assignment]
@@ -90,7 +90,7 @@ def route(
     try:
         default = parse_weights(weights)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--weights") from exc
+        raise typer.BadParameter(str(exc), param_hint="--ab-weights") from exc
     topics = Topics(topic_prefix)
     follower = ControlFollower(kafka, topics.control, model_name, default=default)
     follower.start()

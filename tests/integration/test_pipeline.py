@@ -230,7 +230,7 @@ def test_ab_weights_change_live_and_stick_per_patient(
     server = serve_factory(config=config.read_text())
     env = {**pipeline_env, "CHEXSTACK_SERVING": server.grpc_target}
     with running_workers(env, tmp_path) as w:
-        procs = [w.start("preprocess"), w.start("route", "--weights", "stable=100")]
+        procs = [w.start("preprocess"), w.start("route", "--ab-weights", "stable=100")]
         w.wait_assigned(procs)
         ids = upload(uploader, make_uploads(3, seed=5))
         assert {(p.variant, p.model_version) for p in wait_predictions(kafka, t, ids)} == {("stable", 1)}
