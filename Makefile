@@ -1,4 +1,5 @@
-# CheXStack developer entry points. `make test` runs every test tier; `make demo` the streaming demo.
+# CheXStack entry points. `make up` provisions the platform on this machine, `make test` runs every test
+# tier, `make demo` the streaming path as plain processes.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -6,13 +7,20 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 export TF_CPP_MIN_LOG_LEVEL := 2
+# ansible-playbook, molecule and their helpers come from the venv.
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Extra ansible-playbook arguments for `make up` / `make down`, e.g. ARGS='-e chexstack_expose=true'.
+ARGS ?=
 
-.PHONY: help venv system-deps lint typecheck unit integration test demo schemas bench clean
+.PHONY: help venv system-deps up down images lint typecheck unit integration e2e test demo schemas bench clean
 
 help:
-	@echo "make test   - install what is needed, then lint, type-check, unit and integration tests"
+	@echo "make up     - install the controller toolchain, run site.yml on this machine (the platform)"
+	@echo "make down   - stop every platform container; volumes (Kafka data, models, blobs) are kept"
+	@echo "make test   - install what is needed, then lint, unit, integration and e2e (Molecule, playbook) tests"
 	@echo "make demo   - broker, model, serving and workers on this machine; upload synthetic X-rays"
 	@echo "make bench  - streaming benchmark (writes docs/performance.md figures to stdout)"
+	@echo "make images - build the container images (ARGS='--source bootstrap|pull')"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -28,6 +36,15 @@ $(STAMP): requirements.txt requirements-runtime.txt requirements-nodeps.txt pypr
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+up: $(STAMP)
+	ansible-playbook -i inventory/local.yml site.yml $(ARGS)
+
+down: $(STAMP)
+	ansible-playbook -i inventory/local.yml down.yml $(ARGS)
+
+images: $(STAMP)
+	bash scripts/images/build.sh $(ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check chexstack tests bench
@@ -46,7 +63,11 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(VENV)/bin/pytest tests/integration -q
 
-test: lint typecheck schemas unit integration
+# ansible-lint and yamllint, every role's Molecule scenario, then the whole playbook on this machine.
+e2e: $(STAMP)
+	$(VENV)/bin/pytest tests/e2e -v
+
+test: lint typecheck schemas unit integration e2e
 
 demo: $(STAMP)
 	bash scripts/demo.sh
