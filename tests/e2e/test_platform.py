@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -153,15 +154,21 @@ def upload_in_container(count: int, seed: int) -> list[str]:
     return ids
 
 
-@pytest.fixture(scope="module")
-def first_run() -> str:
-    # From scratch: the instance's containers and volumes go; the images stay (the engine's cache).
+def remove_instance() -> None:
+    """The instance's containers, volumes and files; the images stay (the engine's cache)."""
     for project in [*PROJECTS, VARS["trainer_project_name"]]:
         docker("compose", "-p", project, "down", "--volumes", "--remove-orphans", check=False)
     for volume in VOLUMES:
         docker("volume", "rm", "-f", volume, check=False)
+    docker("network", "rm", VARS["chexstack_network"], check=False)
     subprocess.run(["rm", "-rf", VARS["chexstack_data_dir"]], check=True)
-    return make("up")
+
+
+@pytest.fixture(scope="module")
+def first_run() -> Iterator[str]:
+    remove_instance()  # from scratch
+    yield make("up")
+    remove_instance()
 
 
 def test_first_run_provisions_everything_and_smoke_passes(first_run: str) -> None:
