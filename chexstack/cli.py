@@ -11,7 +11,21 @@ import os
 import typer
 
 from chexstack import __version__
-from chexstack.commands import ab, data, kafka, model, predictions, schemas, serve, upload, workers
+from chexstack.commands import (
+    ab,
+    data,
+    hub,
+    jobs,
+    kafka,
+    model,
+    models,
+    predictions,
+    schemas,
+    serve,
+    train,
+    upload,
+    workers,
+)
 
 app = typer.Typer(
     name="chexstack",
@@ -40,7 +54,21 @@ def _root(
     )
 
 
-for module in (kafka, schemas, upload, data, model, serve, workers, predictions, ab):
+for module in (
+    kafka,
+    schemas,
+    upload,
+    data,
+    model,
+    serve,
+    workers,
+    predictions,
+    ab,
+    train,
+    jobs,
+    models,
+    hub,
+):
     module.register(app)
 
 

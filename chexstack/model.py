@@ -2,6 +2,11 @@
 
 The model itself uses keras.ops only, so it runs on any Keras backend; the export adds the
 TensorFlow-only parts (uint8 and encoded-image signatures) around it.
+
+Layout: DenseNet-121 without pooling ("densenet121", final feature map [N,h,w,1024]) ->
+GlobalAveragePooling2D ("pool") -> Dense(14, sigmoid) ("probabilities"). Because the head is linear
+on averaged features, the class activation map of class k is the feature map times the Dense kernel's
+column k (Zhou et al. 2016), the heat maps the CheXNet paper shows.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN: Final = (0.485, 0.456, 0.406)
 IMAGENET_STD: Final = (0.229, 0.224, 0.225)
 OUTPUT_KEY: Final = "probabilities"
+CAM_KEY: Final = "class_activation_maps"
+BACKBONE: Final = "densenet121"
 METADATA_FILE: Final = "assets.extra/chexstack.json"
 
 
@@ -33,12 +40,17 @@ class WeightsError(RuntimeError):
     """The requested weights could not be loaded."""
 
 
-def build_chexnet(weights: str | None = None, seed: int | None = None) -> keras.Model:
-    """DenseNet-121 backbone + Dense(14, sigmoid) named "probabilities"; input float RGB in [0, 1] normalised.
+def build_chexnet(
+    weights: str | None = None, seed: int | None = None, image_size: int = IMAGE_SIZE
+) -> keras.Model:
+    """DenseNet-121 backbone + Dense(14, sigmoid) named "probabilities"; input float RGB normalised.
 
     `weights`: None/"random", "imagenet" (needs network), or a local .weights.h5 file of the
-    whole model or of the DenseNet-121 backbone.
+    whole model or of the DenseNet-121 backbone. `image_size`: the square input size (>= 32, the
+    backbone's total stride); small sizes make CPU training fast.
     """
+    if image_size < 32:
+        raise ValueError(f"image_size must be >= 32 (DenseNet-121 downsamples by 32), got {image_size}")
     if seed is not None:
         keras.utils.set_random_seed(seed)
     source = (weights or "random").strip()
@@ -46,8 +58,8 @@ def build_chexnet(weights: str | None = None, seed: int | None = None) -> keras.
     try:
         backbone = keras.applications.DenseNet121(
             include_top=False,
-            pooling="avg",
-            input_shape=(IMAGE_SIZE, IMAGE_SIZE, 3),
+            pooling=None,
+            input_shape=(image_size, image_size, 3),
             weights=backbone_weights,
         )
     except Exception as exc:  # the download raises URLError/OSError/ValueError depending on the failure
@@ -56,12 +68,19 @@ def build_chexnet(weights: str | None = None, seed: int | None = None) -> keras.
         raise WeightsError(
             f"cannot download ImageNet weights ({exc}); pass a local .weights.h5 file instead"
         ) from exc
-    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), name="image")
-    outputs = keras.layers.Dense(NUM_LABELS, activation="sigmoid", name=OUTPUT_KEY)(backbone(inputs))
+    inputs = keras.Input(shape=(image_size, image_size, 3), name="image")
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(inputs))
+    # float32 outputs even under a mixed-precision policy: sigmoid probabilities near 0/1 need it.
+    outputs = keras.layers.Dense(NUM_LABELS, activation="sigmoid", name=OUTPUT_KEY, dtype="float32")(pooled)
     model = keras.Model(inputs, outputs, name="chexnet")
     if source not in ("random", "imagenet"):
         _load_local_weights(model, backbone, Path(source))
     return model
+
+
+def image_size_of(model: keras.Model) -> int:
+    """The square input size the model was built for."""
+    return int(model.input_shape[1])
 
 
 def _load_local_weights(model: keras.Model, backbone: keras.Model, path: Path) -> None:
@@ -91,9 +110,48 @@ def normalise(pixels: Any) -> Any:
     return (x - mean) / std
 
 
+def _model_pixels(model: keras.Model, pixels: Any) -> Any:
+    """uint8 pixels at any size -> float pixels (0..255) at the model's size.
+
+    Serving always takes 224x224; a model trained on smaller shards gets them resized here. The result
+    is rounded like the shards' uint8 pixels so a 224 image looks to the model like its training data.
+    """
+    size = image_size_of(model)
+    x = keras.ops.cast(pixels, "float32")
+    if tuple(x.shape[1:3]) != (size, size):
+        x = keras.ops.image.resize(x, (size, size), interpolation="bilinear", antialias=True)
+        x = keras.ops.clip(keras.ops.round(x), 0.0, 255.0)
+    return x
+
+
 def predict_pixels(model: keras.Model, pixels: Any) -> Any:
-    """Probabilities [N,14] for uint8 grey pixels [N,224,224,1]; what serving_default computes."""
-    return model(normalise(pixels), training=False)
+    """Probabilities [N,14] for uint8 grey pixels [N,H,W,1]; what serving_default computes."""
+    return model(normalise(_model_pixels(model, pixels)), training=False)
+
+
+def features_and_probabilities(model: keras.Model, inputs: Any, training: bool = False) -> tuple[Any, Any]:
+    """Final feature map [N,h,w,1024] and probabilities [N,14] of normalised inputs, in one pass."""
+    features = model.get_layer(BACKBONE)(inputs, training=training)
+    probabilities = model.get_layer(OUTPUT_KEY)(model.get_layer("pool")(features))
+    return features, probabilities
+
+
+def class_activation_maps(model: keras.Model, features: Any) -> Any:
+    """[N,h,w,14] CAMs from the feature map, each scaled to [0, 1] per image and class.
+
+    A flat map (max == min, e.g. all-zero features) becomes all zeros rather than NaN.
+    """
+    kernel = keras.ops.cast(model.get_layer(OUTPUT_KEY).kernel, "float32")
+    cams = keras.ops.einsum("nhwc,ck->nhwk", keras.ops.cast(features, "float32"), kernel)
+    low = keras.ops.min(cams, axis=(1, 2), keepdims=True)
+    high = keras.ops.max(cams, axis=(1, 2), keepdims=True)
+    return (cams - low) / keras.ops.maximum(high - low, 1e-12)
+
+
+def explain_pixels(model: keras.Model, pixels: Any) -> tuple[Any, Any]:
+    """(probabilities [N,14], CAMs [N,h,w,14] in [0, 1]) for uint8 grey pixels; the `explain` signature."""
+    features, probabilities = features_and_probabilities(model, normalise(_model_pixels(model, pixels)))
+    return probabilities, class_activation_maps(model, features)
 
 
 def _next_version(model_base: Path) -> int:
@@ -106,13 +164,19 @@ def _archive(model: keras.Model) -> Any:
 
     pixels_spec = tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 1], tf.uint8, name="image")
 
-    # One traced graph of the network shared by both signatures: tracing DenseNet-121 dominates export time.
+    # One traced graph of the network shared by all signatures: tracing DenseNet-121 dominates export
+    # time. It also returns the final feature map, which the forward pass computes anyway, so only
+    # `explain` does extra work (the CAM product).
     @tf.function(input_signature=[pixels_spec])  # type: ignore[untyped-decorator]
     def core(image: Any) -> Any:
-        return predict_pixels(model, image)
+        return features_and_probabilities(model, normalise(_model_pixels(model, image)))
 
     def serve_pixels(image: Any) -> dict[str, Any]:
-        return {OUTPUT_KEY: core(image)}
+        return {OUTPUT_KEY: core(image)[1]}
+
+    def explain(image: Any) -> dict[str, Any]:
+        features, probabilities = core(image)
+        return {OUTPUT_KEY: probabilities, CAM_KEY: class_activation_maps(model, features)}
 
     def decode_one(data: Any) -> Any:
         img = tf.io.decode_image(data, channels=1, dtype=tf.uint8, expand_animations=False)
@@ -124,7 +188,7 @@ def _archive(model: keras.Model) -> Any:
         pixels = tf.map_fn(
             decode_one, image_bytes, fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 1], tf.uint8)
         )
-        return {OUTPUT_KEY: core(pixels)}
+        return {OUTPUT_KEY: core(pixels)[1]}
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -136,13 +200,22 @@ def _archive(model: keras.Model) -> Any:
     archive.add_endpoint(
         "predict_image", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
     )
+    archive.add_endpoint("explain", explain, input_signature=[pixels_spec])
     return archive
 
 
 def export_saved_model(
-    model: keras.Model, model_base: Path, version: int | None = None, *, weights_source: str = "unknown"
+    model: keras.Model,
+    model_base: Path,
+    version: int | None = None,
+    *,
+    weights_source: str = "unknown",
+    training: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `model_base/<version>/` as a TF Serving SavedModel; the directory appears atomically."""
+    """Write `model_base/<version>/` as a TF Serving SavedModel; the directory appears atomically.
+
+    `training`: what produced the weights (job, data set, metrics), stored in the metadata file.
+    """
     model_base = Path(model_base)
     model_base.mkdir(parents=True, exist_ok=True)
     version = _next_version(model_base) if version is None else version
@@ -158,7 +231,7 @@ def export_saved_model(
         _archive(model).write_out(str(out), verbose=False)
         meta = out / METADATA_FILE
         meta.parent.mkdir(parents=True, exist_ok=True)
-        meta.write_text(json.dumps(_metadata(weights_source), indent=2) + "\n")
+        meta.write_text(json.dumps(_metadata(model, weights_source, training), indent=2) + "\n")
         os.rename(out, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -166,13 +239,24 @@ def export_saved_model(
     return final
 
 
-def _metadata(weights_source: str) -> dict[str, Any]:
+def _metadata(model: keras.Model, weights_source: str, training: dict[str, Any] | None) -> dict[str, Any]:
+    trained = image_size_of(model)
     return {
         "labels": list(LABELS),
-        "image_size": IMAGE_SIZE,
-        "input": {"serving_default": "image uint8 [N,224,224,1]", "predict_image": "image_bytes string [N]"},
+        "image_size": IMAGE_SIZE,  # what the signatures take; the model resizes to trained_image_size
+        "trained_image_size": trained,
+        "input": {
+            "serving_default": "image uint8 [N,224,224,1]",
+            "predict_image": "image_bytes string [N]",
+            "explain": "image uint8 [N,224,224,1]",
+        },
+        "output": {
+            "probabilities": "float32 [N,14] in label order",
+            "class_activation_maps": f"float32 [N,{trained // 32},{trained // 32},14] in [0, 1] (explain)",
+        },
         "normalisation": {"scale": 1 / 255, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "weights": weights_source,
         "keras_version": keras.__version__,
+        "training": training,
     }

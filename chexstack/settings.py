@@ -33,6 +33,18 @@ def default_store() -> str:
     return str(default_home() / "blobs")
 
 
+def default_hub() -> Path:
+    return default_home() / "hub" / "hub.sqlite"
+
+
+def default_model_base(model_name: str = DEFAULT_MODEL_NAME) -> Path:
+    return default_home() / "models" / model_name
+
+
+def default_logs() -> Path:
+    return default_home() / "logs"
+
+
 def env_name(flag: str) -> str:
     """`--max-bytes` -> `CHEXSTACK_MAX_BYTES`: the one rule that links flags and variables."""
     return "CHEXSTACK_" + flag.lstrip("-").replace("-", "_").upper()
@@ -57,6 +69,21 @@ MaxPixelsOpt = _opt(
 )
 TopicPrefixOpt = _opt("", "--topic-prefix", "Prefix for every topic name (isolates tenants and test runs).")
 GroupOpt = _opt(None, "--group", "Kafka consumer group (default: chexstack-<worker>).")
+# Training and the model information hub.
+HubOpt = _opt(
+    None, "--hub", "Model information hub database (SQLite file). Default: $CHEXSTACK_HOME/hub/hub.sqlite."
+)
+ModelBaseOpt = _opt(
+    None,
+    "--model-base",
+    "Directory of the model's numbered SavedModel versions. Default: $CHEXSTACK_HOME/models/<model-name>.",
+)
+ModelConfigFileOpt = _opt(
+    None, "--model-config-file", "The serving models.config whose version labels promote/rollback rewrite."
+)
+LogsDirOpt = _opt(
+    None, "--logs-dir", "TensorBoard log directory (one run per job). Default: $CHEXSTACK_HOME/logs."
+)
 
 
 @dataclass(frozen=True)

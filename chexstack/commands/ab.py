@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
 
-from chexstack.settings import KafkaOpt, TopicPrefixOpt
+from chexstack.settings import HubOpt, KafkaOpt, ModelConfigFileOpt, TopicPrefixOpt, default_hub
 
 ab_app = typer.Typer(
     help="A/B weights between model variants (TF Serving version labels).", no_args_is_help=True
@@ -19,8 +21,14 @@ def set_weights(
     ),
     kafka: str = KafkaOpt,  # type: ignore[assignment]
     topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
+    hub: Path | None = HubOpt,  # type: ignore[assignment]
+    model_config_file: Path | None = ModelConfigFileOpt,  # type: ignore[assignment]
 ) -> None:
-    """Set the weights; running routers apply them within a second, without a restart."""
+    """Set the weights; running routers apply them within a second, without a restart.
+
+    Recorded as a serve job in the hub when one is configured (--hub) or exists at the default place;
+    with --model-config-file, a variant that gets traffic must be one of the model's version labels.
+    """
     from chexstack.ab import parse_weights, publish_weights
     from chexstack.topics import Topics
 
@@ -28,9 +36,28 @@ def set_weights(
         parsed = parse_weights(weights or [])
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="WEIGHTS") from exc
-    cfg = publish_weights(kafka, Topics(topic_prefix).control, model_name, parsed)
+    hub_path = hub or default_hub()
+    if hub is not None or hub_path.exists():
+        from chexstack.commands.hub import service
+
+        with service(
+            hub_path, model_config_file=model_config_file, kafka=kafka, topic_prefix=topic_prefix
+        ) as svc:
+            job = svc.set_ab(model_name, parsed)
+        suffix = f" (hub job {job.id})"
+    else:
+        if model_config_file is not None:
+            from chexstack.commands.hub import fail
+            from chexstack.hub.service import ServiceError, check_variants
+
+            try:
+                check_variants(model_config_file, model_name, parsed)
+            except ServiceError as exc:
+                raise fail(exc) from exc
+        publish_weights(kafka, Topics(topic_prefix).control, model_name, parsed)
+        suffix = ""
     typer.echo(
-        f"{model_name}: " + (", ".join(f"{k}={v}" for k, v in cfg.weights.items()) or "latest version")
+        f"{model_name}: " + (", ".join(f"{k}={v}" for k, v in parsed.items()) or "latest version") + suffix
     )
 
 

@@ -1,0 +1,221 @@
+"""The hub's JSON HTTP API (stdlib ThreadingHTTPServer), for tools and the notebook.
+
+GET  /healthz                          {"status": "ok"} (never needs the token)
+GET  /v1/projects                      {"projects": [...]}
+GET  /v1/jobs[?kind=train|serve&limit=N]  {"jobs": [...]}, newest first
+GET  /v1/jobs/{id}                     {"job": {...}}
+POST /v1/jobs/{id}/rerun               202 {"job": {...}} (the new, queued job; it runs in the background)
+GET  /v1/models[?name=N]               {"models": [...]}
+POST /v1/models/{name}/promote         {"version": 2, "label": "stable"} -> {"job": {...}}
+POST /v1/models/{name}/rollback        {"label": "stable"} (optional) -> {"job": {...}}
+GET  /v1/models/{name}/ab              {"model_name": ..., "weights": {...}}
+PUT  /v1/models/{name}/ab              {"weights": {"stable": 90, "canary": 10}} -> {"job": {...}}
+Errors: {"error": "..."} with 400 (bad request), 401 (token), 404, 409 (state refuses), 503 (serving or
+Kafka unreachable), 500. With a token set every request but /healthz needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from chexstack.hub.service import Service, ServiceError
+
+log = logging.getLogger(__name__)
+
+MAX_BODY: Final = 1 << 20
+_NAME: Final = r"(?P<name>[A-Za-z0-9._-]+)"
+_ID: Final = r"(?P<id>[0-9a-f]{4,32})"
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+Handler = Callable[["_Request"], tuple[int, dict[str, Any]]]
+
+
+class _Request:
+    def __init__(self, match: re.Match[str], query: dict[str, list[str]], body: dict[str, Any]) -> None:
+        self.match, self.query, self.body = match, query, body
+
+    def param(self, key: str) -> str:
+        return unquote(self.match.group(key))
+
+    def query_value(self, key: str) -> str | None:
+        values = self.query.get(key)
+        return values[-1] if values else None
+
+    def int_field(self, key: str, value: object, *, required: bool = True) -> int | None:
+        if value is None and not required:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+            raise BadRequest(f"{key} must be a positive integer, got {value!r}")
+        return int(value)
+
+
+def _routes(service: Service) -> list[tuple[str, re.Pattern[str], Handler]]:
+    def jobs(r: _Request) -> tuple[int, dict[str, Any]]:
+        limit = r.int_field("limit", r.query_value("limit"), required=False)
+        found = service.list_jobs(kind=r.query_value("kind"), limit=50 if limit is None else limit)
+        return 200, {"jobs": [j.to_dict() for j in found]}
+
+    def rerun(r: _Request) -> tuple[int, dict[str, Any]]:
+        job, _ = service.rerun_job(r.param("id"), wait=False)
+        return 202, {"job": job.to_dict()}
+
+    def promote(r: _Request) -> tuple[int, dict[str, Any]]:
+        version = r.int_field("version", r.body.get("version"))
+        label = r.body.get("label")
+        if not isinstance(label, str):
+            raise BadRequest('body needs "label": "stable" or "canary"')
+        assert version is not None
+        return 200, {"job": service.promote(r.param("name"), version, label).to_dict()}
+
+    def rollback(r: _Request) -> tuple[int, dict[str, Any]]:
+        label = r.body.get("label", "stable")
+        if not isinstance(label, str):
+            raise BadRequest('"label" must be a string')
+        return 200, {"job": service.rollback(r.param("name"), label).to_dict()}
+
+    def set_ab(r: _Request) -> tuple[int, dict[str, Any]]:
+        weights = r.body.get("weights")
+        if not isinstance(weights, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) for k, v in weights.items()
+        ):
+            raise BadRequest(
+                'body needs "weights": {"NAME": integer, ...}, e.g. {"stable": 90, "canary": 10}'
+            )
+        return 200, {"job": service.set_ab(r.param("name"), weights).to_dict()}
+
+    routes: list[tuple[str, str, Handler]] = [
+        ("GET", "/v1/projects", lambda r: (200, {"projects": service.projects()})),
+        ("GET", "/v1/jobs", jobs),
+        ("GET", f"/v1/jobs/{_ID}", lambda r: (200, {"job": service.show_job(r.param("id")).to_dict()})),
+        ("POST", f"/v1/jobs/{_ID}/rerun", rerun),
+        ("GET", "/v1/models", lambda r: (200, {"models": service.list_models(r.query_value("name"))})),
+        ("POST", f"/v1/models/{_NAME}/promote", promote),
+        ("POST", f"/v1/models/{_NAME}/rollback", rollback),
+        ("GET", f"/v1/models/{_NAME}/ab",
+         lambda r: (200, {"model_name": r.param("name"), "weights": service.get_ab(r.param("name"))})),
+        ("PUT", f"/v1/models/{_NAME}/ab", set_ab),
+    ]  # fmt: skip
+    return [(m, re.compile(p + "/?"), h) for m, p, h in routes]
+
+
+class HubServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], service: Service, token: str | None) -> None:
+        self.service = service
+        self.token = token or None
+        self.routes = _routes(service)
+        super().__init__(address, _RequestHandler)
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}"
+
+
+class _RequestHandler(BaseHTTPRequestHandler):
+    server: HubServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.info("%s %s", self.address_string(), format % args)
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body, sort_keys=False).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        # One request per connection: an unread body (e.g. after a 401) can never confuse the next one.
+        self.send_header("Connection", "close")
+        self.close_connection = True
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _authorized(self) -> bool:
+        token = self.server.token
+        if token is None:
+            return True
+        scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise BadRequest(f"request body over {MAX_BODY} bytes")
+        raw = self.rfile.read(length) if length else b""
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise BadRequest(f"request body is not JSON: {exc}") from exc
+        if not isinstance(body, dict):
+            raise BadRequest("request body must be a JSON object")
+        return body
+
+    def _handle(self, method: str) -> None:
+        url = urlsplit(self.path)
+        try:
+            if method == "GET" and url.path.rstrip("/") == "/healthz":
+                self._send(200, {"status": "ok"})
+                return
+            if not self._authorized():
+                self._send(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
+                return
+            allowed = []
+            for route_method, pattern, handler in self.server.routes:
+                match = pattern.fullmatch(url.path)
+                if match is None:
+                    continue
+                if route_method != method:
+                    allowed.append(route_method)
+                    continue
+                status, body = handler(_Request(match, parse_qs(url.query), self._body()))
+                self._send(status, body)
+                return
+            if allowed:
+                self._send(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    {"error": f"{method} not allowed; use {', '.join(allowed)}"},
+                )
+            else:
+                self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {url.path}"})
+        except ServiceError as exc:
+            self._send(exc.status, {"error": str(exc)})
+        except Exception as exc:  # the API answers; the details go to its log
+            log.exception("%s %s failed", method, self.path)
+            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+
+    def do_GET(self) -> None:
+        self._handle("GET")
+
+    def do_POST(self) -> None:
+        self._handle("POST")
+
+    def do_PUT(self) -> None:
+        self._handle("PUT")
+
+
+def make_server(
+    service: Service, host: str = "127.0.0.1", port: int = 8600, token: str | None = None
+) -> HubServer:
+    return HubServer((host, port), service, token)
+
+
+def serve_in_thread(server: HubServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, name="hub-api", daemon=True)
+    thread.start()
+    return thread

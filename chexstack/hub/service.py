@@ -1,0 +1,370 @@
+"""The hub's operations, shared by the CLI (`chexstack jobs|models|ab`) and the HTTP API.
+
+Every failure is a ServiceError with a one-line message and the HTTP status the API answers with.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+import chexstack
+from chexstack.hub import modelsconfig
+from chexstack.hub.handoff import AVAILABLE, apply_label
+from chexstack.hub.store import FINISHED, RERUN_JOB_ENV, Hub, HubError, Job, JobNotFound
+from chexstack.settings import DEFAULT_KAFKA, DEFAULT_SERVING, default_model_base
+
+log = logging.getLogger(__name__)
+
+LABELS: Final = ("stable", "canary")
+DEFAULT_PROJECT: Final = "default"
+LABEL_WAIT_S: Final = 60.0
+
+
+class ServiceError(RuntimeError):
+    status = 400
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class Conflict(ServiceError):
+    """The request is well-formed but the platform's state does not allow it (e.g. version not loaded)."""
+
+    status = 409
+
+
+class Unavailable(ServiceError):
+    status = 503
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where everything the hub operates on lives; the same flags/env for the CLI and `hub serve`."""
+
+    hub_path: Path
+    model_config_file: Path | None = None
+    model_base: Path | None = None
+    serving: str = DEFAULT_SERVING
+    kafka: str = DEFAULT_KAFKA
+    topic_prefix: str = ""
+
+
+def _config_file(settings: Settings) -> Path:
+    if settings.model_config_file is None:
+        raise ServiceError(
+            "no models.config given: pass --model-config-file or set CHEXSTACK_MODEL_CONFIG_FILE"
+        )
+    return settings.model_config_file
+
+
+def _check_label(label: str) -> None:
+    if label not in LABELS:
+        raise ServiceError(f"bad label {label!r}: use one of {', '.join(LABELS)}")
+
+
+def _code_version() -> str:
+    return chexstack.__version__
+
+
+class Service:
+    def __init__(self, hub: Hub, settings: Settings) -> None:
+        self.hub = hub
+        self.settings = settings
+
+    # --- jobs ----------------------------------------------------------------------------
+
+    def projects(self) -> list[dict[str, Any]]:
+        return self.hub.projects()
+
+    def list_jobs(self, kind: str | None = None, limit: int | None = 50) -> list[Job]:
+        try:
+            return self.hub.list_jobs(kind=kind, limit=limit)
+        except HubError as exc:
+            raise ServiceError(str(exc)) from exc
+
+    def show_job(self, job_id: str) -> Job:
+        try:
+            return self.hub.get_job(job_id)
+        except JobNotFound as exc:
+            raise NotFound(str(exc)) from exc
+
+    def rerun_job(self, job_id: str, *, wait: bool, quiet: bool = False) -> tuple[Job, int | None]:
+        """Rerun a train job with its recorded config: a new job with rerun_of = the old one.
+
+        wait=True runs `chexstack train` in the foreground (its output to this process's, or to the
+        job's log file when quiet) and returns its exit code; wait=False starts it in the background
+        (output to the log file) and returns at once. A child that exits without finishing its job
+        leaves it failed, with the exit code as the error.
+        """
+        old = self.show_job(job_id)
+        if old.kind != "train":
+            raise ServiceError(f"job {old.id} is a {old.kind} job; only train jobs can be rerun")
+        config = old.spec.get("config")
+        if not isinstance(config, dict) or not config:
+            raise ServiceError(f"job {old.id} has no train config in its spec snapshot; it cannot be rerun")
+        new_id = self.hub.create_job(
+            kind="train",
+            project=old.project,
+            variation=old.variation,
+            model_name=old.model_name,
+            spec=old.spec,
+            rerun_of=old.id,
+        )
+        run_dir = self.hub.path.parent / "reruns"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_path = run_dir / f"{new_id}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        log_path = run_dir / f"{new_id}.log"
+        cmd = [sys.executable, "-m", "chexstack", "train", "--config", str(config_path),
+               "--hub", str(self.hub.path)]  # fmt: skip
+        env = {**os.environ, RERUN_JOB_ENV: new_id}
+        if wait:
+            if quiet:
+                with log_path.open("wb") as out:
+                    rc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT).returncode
+            else:
+                rc = subprocess.run(cmd, env=env).returncode
+            self._fail_if_unfinished(new_id, rc, log_path if quiet else None)
+            return self.hub.get_job(new_id), rc
+        out = log_path.open("wb")
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        out.close()
+
+        def reap() -> None:
+            self._fail_if_unfinished(new_id, proc.wait(), log_path)
+
+        threading.Thread(target=reap, name=f"rerun-{new_id}", daemon=True).start()
+        return self.hub.get_job(new_id), None
+
+    def _fail_if_unfinished(self, job_id: str, rc: int, log_path: Path | None) -> None:
+        job = self.hub.get_job(job_id)
+        if job.status in FINISHED:
+            return
+        where = f"; output in {log_path}" if log_path else ""
+        with contextlib.suppress(HubError):  # it finished in the meantime
+            self.hub.finish_job(
+                job_id, "failed", {"exit_code": rc}, error=f"`chexstack train` exited with code {rc}{where}"
+            )
+
+    # --- models --------------------------------------------------------------------------
+
+    def list_models(self, name: str | None = None) -> list[dict[str, Any]]:
+        """Per model: policy, labels, and per version whether it is on disk, its serving state, its labels
+        and the train job that produced it."""
+        config = None
+        if self.settings.model_config_file is not None:
+            try:
+                config = modelsconfig.read(self.settings.model_config_file)
+            except modelsconfig.ModelsConfigError as exc:
+                raise ServiceError(str(exc)) from exc
+        names = [name] if name else (modelsconfig.model_names(config) if config is not None else [])
+        if not names:
+            raise ServiceError(
+                "name a model, or give --model-config-file so the hub knows which models exist"
+            )
+        if name and config is not None and name not in modelsconfig.model_names(config):
+            raise NotFound(f"{self.settings.model_config_file} has no model {name!r}")
+        return [self._model_info(n, config, only=len(names) == 1) for n in names]
+
+    def _disk_base(self, name: str, config: Any, only: bool) -> Path:
+        if self.settings.model_base is not None and only:
+            return self.settings.model_base
+        if config is not None:
+            base = Path(modelsconfig.model(config, name).base_path)
+            if base.is_dir():  # serving may run in a container where the path differs
+                return base
+        return default_model_base(name)
+
+    def _model_info(self, name: str, config: Any, only: bool) -> dict[str, Any]:
+        from chexstack.serve.registry import versions_on_disk
+        from chexstack.serving_client import ServingError
+
+        base = self._disk_base(name, config, only)
+        on_disk = versions_on_disk(base)
+        labels = modelsconfig.labels(config, name) if config is not None else {}
+        serving_error = None
+        try:
+            states = self._states(name)
+        except ServingError as exc:
+            states, serving_error = {}, str(exc)
+        versions = []
+        for v in sorted(set(on_disk) | set(states) | set(labels.values())):
+            job = self.hub.producing_job(name, v)
+            versions.append(
+                {
+                    "version": v,
+                    "on_disk": v in on_disk,
+                    "state": states.get(v),
+                    "labels": sorted(k for k, lv in labels.items() if lv == v),
+                    "in_policy": modelsconfig.policy_selects(config, name, v) if config is not None else None,
+                    "train_job": job.id if job else None,
+                    "variation": job.variation if job else None,
+                }
+            )
+        return {
+            "name": name,
+            "model_base": str(base),
+            "policy": modelsconfig.policy_text(config, name) if config is not None else None,
+            "labels": labels,
+            "versions": versions,
+            "serving": self.settings.serving,
+            "serving_error": serving_error,
+        }
+
+    def _states(self, name: str) -> dict[int, str]:
+        from chexstack.hub.handoff import version_states
+
+        return version_states(self.settings.serving, name, timeout_s=5)
+
+    def _where(self, name: str, version: int | None) -> tuple[str, str]:
+        """Project and variation for a serve job: those of the train job behind the version, if any."""
+        job = self.hub.producing_job(name, version) if version else None
+        if job is None:
+            jobs = self.hub.list_jobs(kind="train", model_name=name, limit=1)
+            job = jobs[0] if jobs else None
+        return (job.project, job.variation) if job else (DEFAULT_PROJECT, name)
+
+    def _serve_spec(self, action: str, name: str, **fields: Any) -> dict[str, Any]:
+        return {
+            "action": action,
+            "model_name": name,
+            **fields,
+            "code_version": _code_version(),
+            "image": os.environ.get("CHEXSTACK_IMAGE"),
+            "serving": self.settings.serving,
+            "model_config_file": str(self.settings.model_config_file)
+            if self.settings.model_config_file
+            else None,
+            "argv": list(sys.argv),
+        }
+
+    def promote(self, name: str, version: int, label: str, wait_s: float = LABEL_WAIT_S) -> Job:
+        """Point `label` at `version`; refused unless serving reports the version AVAILABLE."""
+        return self._move_label("promote", name, version, label, wait_s)
+
+    def rollback(self, name: str, label: str = "stable", wait_s: float = LABEL_WAIT_S) -> Job:
+        """Return `label` to the version it had before the current one (per the label history)."""
+        _check_label(label)
+        config_file = _config_file(self.settings)
+        try:
+            current = modelsconfig.labels(modelsconfig.read(config_file), name).get(label)
+        except modelsconfig.ModelsConfigError as exc:
+            raise NotFound(str(exc)) from exc
+        target = self.hub.previous_label_version(name, label, current)
+        if target is None:
+            raise Conflict(
+                f"no previous {label!r} version of {name!r} to roll back to "
+                f"(now {current if current is not None else 'unset'}; the hub knows only its own promotions)"
+            )
+        return self._move_label("rollback", name, target, label, wait_s)
+
+    def _move_label(self, action: str, name: str, version: int, label: str, wait_s: float) -> Job:
+        from chexstack.serving_client import ServingError
+
+        _check_label(label)
+        if version < 1:
+            raise ServiceError(f"bad version {version}: versions are positive integers")
+        config_file = _config_file(self.settings)
+        try:
+            current = modelsconfig.labels(modelsconfig.read(config_file), name).get(label)
+        except modelsconfig.ModelsConfigError as exc:
+            raise NotFound(str(exc)) from exc
+        try:
+            state = self._states(name).get(version)
+        except ServingError as exc:
+            raise Unavailable(f"cannot ask serving at {self.settings.serving} about {name!r}: {exc}") from exc
+        if state != AVAILABLE:
+            raise Conflict(
+                f"refusing to {action} {name!r} version {version} to {label!r}: serving at "
+                f"{self.settings.serving} reports it {state or 'not loaded'}, not AVAILABLE "
+                "(is it on disk and in the models.config version policy?)"
+            )
+        project, variation = self._where(name, version)
+        spec = self._serve_spec(action, name, label=label, version=version, previous_version=current)
+        job_id = self.hub.start_job("serve", project, variation, name, spec)
+        try:
+            previous, applied = apply_label(
+                config_file, name, label, version, self.settings.serving, time.monotonic() + wait_s
+            )
+        except Exception as exc:
+            self.hub.finish_job(job_id, "failed", {}, model_version=version, error=str(exc))
+            if isinstance(exc, modelsconfig.ModelsConfigError):
+                raise ServiceError(str(exc)) from exc
+            raise
+        if previous != version:
+            self.hub.record_label(name, label, version, previous, action=action, job_id=job_id)
+        results = {"label": label, "version": version, "previous_version": previous, "applied": applied}
+        self.hub.finish_job(job_id, "succeeded", results, model_version=version)
+        if not applied:
+            log.warning(
+                "%s now labels %s version %d %r; serving has not applied it yet (it polls the file)",
+                config_file, name, version, label,
+            )  # fmt: skip
+        return self.hub.get_job(job_id)
+
+    # --- A/B -----------------------------------------------------------------------------
+
+    def get_ab(self, name: str) -> dict[str, int]:
+        from chexstack.ab import read_weights
+        from chexstack.topics import Topics
+
+        try:
+            cfg = read_weights(self.settings.kafka, Topics(self.settings.topic_prefix).control, name)
+        except Exception as exc:  # broker unreachable, topic missing
+            raise Unavailable(f"cannot read A/B weights from {self.settings.kafka}: {exc}") from exc
+        return dict(cfg.weights) if cfg else {}
+
+    def set_ab(self, name: str, weights: dict[str, int]) -> Job:
+        """Publish weights on the control topic (routers follow within seconds) and record a serve job."""
+        from chexstack.ab import parse_weights
+
+        try:
+            parsed = parse_weights([f"{k}={v}" for k, v in weights.items()])
+        except ValueError as exc:
+            raise ServiceError(str(exc)) from exc
+        if self.settings.model_config_file is not None:
+            check_variants(self.settings.model_config_file, name, parsed)
+        project, variation = self._where(name, None)
+        job_id = self.hub.start_job(
+            "serve", project, variation, name, self._serve_spec("ab", name, weights=parsed)
+        )
+        try:
+            publish(self.settings, name, parsed)
+        except Exception as exc:
+            self.hub.finish_job(job_id, "failed", {}, error=str(exc))
+            raise Unavailable(f"cannot publish A/B weights to {self.settings.kafka}: {exc}") from exc
+        self.hub.finish_job(job_id, "succeeded", {"weights": parsed})
+        return self.hub.get_job(job_id)
+
+
+def check_variants(model_config_file: Path, name: str, weights: dict[str, int]) -> None:
+    """Every variant that gets traffic must be one of the model's version labels, or routers would fail."""
+    try:
+        labels = modelsconfig.labels(modelsconfig.read(model_config_file), name)
+    except modelsconfig.ModelsConfigError as exc:
+        raise ServiceError(str(exc)) from exc
+    unknown = sorted(k for k, w in weights.items() if w > 0 and k not in labels)
+    if unknown:
+        raise Conflict(
+            f"{name!r} has no version label {', '.join(unknown)} in {model_config_file} "
+            f"(labels: {', '.join(f'{k}={v}' for k, v in labels.items()) or 'none'}); routers would fail"
+        )
+
+
+def publish(settings: Settings, name: str, weights: dict[str, int]) -> None:
+    from chexstack.ab import publish_weights
+    from chexstack.topics import Topics
+
+    publish_weights(settings.kafka, Topics(settings.topic_prefix).control, name, weights)

@@ -1,0 +1,1 @@
+"""CheXNet training: config, input pipeline, metrics, class activation maps, TensorBoard, the run itself."""

@@ -1,0 +1,314 @@
+"""The model information hub against a real `chexstack serve`, a real broker and a real router process.
+
+Labels are moved through the service (as the API does), the CLI and the HTTP API; serving, the router's
+predictions and the hub database must all agree afterwards, also across restarts of the API process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from chexstack.bus import make_producer, produce_sync
+from chexstack.hub import modelsconfig
+from chexstack.hub.client import HubClient, HubClientError
+from chexstack.hub.handoff import handoff, label_version
+from chexstack.hub.service import Conflict, Service, Settings
+from chexstack.hub.store import Hub
+from chexstack.messages import Preprocessed, now_ms
+from chexstack.serving_client import ServingClient
+from chexstack.topics import Topics
+from tests.conftest import free_port
+from tests.integration.conftest import MODEL_NAME, ServeProcess, models_config, sample_pixels
+from tests.integration.test_pipeline import wait_predictions
+from tests.integration.workers import Proc, running_workers
+
+pytestmark = pytest.mark.integration
+
+POLL = ["--model-config-file-poll-wait-seconds", "1", "--file-system-poll-wait-seconds", "1"]
+TOKEN = "s3cret-hub-token"
+
+
+def private_base(tmp_path: Path, model_base: Path, versions: tuple[int, ...]) -> Path:
+    """A model base of our own (the session one is shared): version v links to the export of 1 or 2."""
+    base = tmp_path / "models" / MODEL_NAME
+    base.mkdir(parents=True)
+    for v in versions:
+        (base / str(v)).symlink_to(model_base / str(2 - v % 2))
+    return base
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "chexstack", *args],
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def served_version(server: ServeProcess, label: str) -> int:
+    """The version that answers a real Predict addressed by label."""
+    with ServingClient(server.grpc_target) as client:
+        return client.predict(MODEL_NAME, sample_pixels(1), label=label)[1]
+
+
+class HubApi:
+    """`chexstack hub serve` as a process; restart() keeps the port and the database."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.port = free_port()
+        self.args, self.log = args, log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        cmd = [sys.executable, "-m", "chexstack", "hub", "serve", "--port", str(self.port), *self.args]
+        with self.log.open("ab") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log.read_text()
+            try:
+                if requests.get(self.url + "/healthz", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                time.sleep(0.2)
+        raise TimeoutError(self.log.read_text())
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(30)
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[Hub]:
+    with Hub.open(tmp_path / "hub" / "hub.sqlite") as h:
+        yield h
+
+
+def test_promote_rollback_handoff_cli_and_api_in_real_serving(
+    tmp_path: Path,
+    model_base: Path,
+    serve_factory,
+    hub: Hub,  # type: ignore[no-untyped-def]
+) -> None:
+    base = private_base(tmp_path, model_base, (1, 2, 3))  # 3 is on disk but not in the policy
+    server = serve_factory(POLL, config=models_config(base, labels={"stable": 1}))
+    config_file = tmp_path / "serve0" / "models.config"
+    svc = Service(hub, Settings(hub.path, model_config_file=config_file, serving=server.grpc_target))
+    flags = ["--hub", str(hub.path), "--model-config-file", str(config_file), "--serving", server.grpc_target]
+
+    # Serving has not loaded 3: promotion is refused and nothing changes.
+    before = config_file.read_text()
+    with pytest.raises(Conflict, match=r"version 3 to 'stable'.*not loaded, not AVAILABLE"):
+        svc.promote(MODEL_NAME, 3, "stable")
+    bad = cli("models", "promote", MODEL_NAME, "3", "--label", "stable", *flags)
+    assert bad.returncode == 1, bad.stderr
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: refusing to promote 'chexnet' version 3")
+    assert config_file.read_text() == before and hub.list_jobs() == []
+
+    # Hand-off: 3 joins the policy, gets loaded, then labelled canary.
+    handoff(config_file, MODEL_NAME, 3, "canary", server.grpc_target, timeout_s=120, hub=hub)
+    config = modelsconfig.read(config_file)
+    assert modelsconfig.policy_text(config, MODEL_NAME) == "specific 1,2,3"
+    assert modelsconfig.labels(config, MODEL_NAME) == {"canary": 3, "stable": 1}
+    assert label_version(server.grpc_target, MODEL_NAME, "canary") == 3
+
+    # Promote through the CLI, roll back through the service: real predictions follow the label.
+    ok = cli("models", "promote", MODEL_NAME, "2", "--label", "stable", *flags)
+    assert ok.returncode == 0, ok.stderr
+    assert "stable -> v2 (was 1)" in ok.stdout
+    assert served_version(server, "stable") == 2
+    job = svc.rollback(MODEL_NAME)
+    assert (job.status, job.results["version"], job.results["previous_version"]) == ("succeeded", 1, 2)
+    assert served_version(server, "stable") == 1
+    with pytest.raises(Conflict, match="no previous 'stable' version"):
+        svc.rollback(MODEL_NAME)
+
+    for args, message in [
+        (("models", "promote", MODEL_NAME, "2", "--label", "beta"), "bad label 'beta'"),
+        (("jobs", "show", "feedbeef"), "no job 'feedbeef'"),
+        (("jobs", "list", "--kind", "deploy"), "bad --kind 'deploy'"),
+    ]:
+        res = cli(*args, *(flags if args[0] == "models" else flags[:2]))
+        assert res.returncode == 1 and message in res.stderr, res.stderr
+    listed = json.loads(cli("jobs", "list", "--json", "--hub", str(hub.path)).stdout)
+    assert [(j["spec"]["action"], j["model_version"], j["status"]) for j in listed] == [
+        ("rollback", 1, "succeeded"),
+        ("promote", 2, "succeeded"),
+    ]
+
+    # The HTTP API: same operations, token enforced, state survives a restart of the API process.
+    api = HubApi([*flags, "--model-base", str(base), "--hub-token", TOKEN], tmp_path / "api.log")
+    api.start()
+    try:
+        assert HubClient(api.url, token="").health()
+        with pytest.raises(HubClientError) as denied:
+            HubClient(api.url, token="").jobs()
+        assert denied.value.status == 401
+        assert (
+            requests.post(api.url + f"/v1/models/{MODEL_NAME}/promote", json={}, timeout=10).status_code
+            == 401
+        )
+        client = HubClient(api.url, token=TOKEN)
+        assert [j["id"] for j in client.jobs(kind="serve")] == [j["id"] for j in listed]
+        assert client.job(listed[0]["id"][:8])["results"]["version"] == 1
+        with pytest.raises(HubClientError) as refused:
+            client.promote(MODEL_NAME, 9, "stable")
+        assert refused.value.status == 409 and "not AVAILABLE" in str(refused.value)
+        with pytest.raises(HubClientError) as unknown:
+            client.job("0123456789ab")
+        assert unknown.value.status == 404
+        promoted = client.promote(MODEL_NAME, 3, "stable")
+        assert (promoted["results"]["version"], promoted["results"]["applied"]) == (3, True)
+        assert served_version(server, "stable") == 3
+        (model,) = client.models()
+        by_version = {v["version"]: v for v in model["versions"]}
+        assert model["labels"] == {"canary": 3, "stable": 3}
+        assert {v: (i["state"], i["on_disk"], i["labels"]) for v, i in by_version.items()} == {
+            1: ("AVAILABLE", True, []),
+            2: ("AVAILABLE", True, []),
+            3: ("AVAILABLE", True, ["canary", "stable"]),
+        }
+        api.stop()
+        api.start()
+        assert len(client.jobs()) == 3
+        assert client.rollback(MODEL_NAME)["results"]["version"] == 1
+        assert served_version(server, "stable") == 1
+        assert client.projects()[0]["variations"][0]["jobs"] == 4
+    finally:
+        api.stop()
+    with Hub.open(hub.path) as reopened:
+        assert [c.version for c in reopened.label_history(MODEL_NAME, "stable")] == [2, 1, 3, 1]
+
+
+def publish_images(kafka: str, t: Topics, n: int, seed: int) -> list[str]:
+    """Preprocessed messages straight onto xray.preprocessed (the router's input)."""
+    producer = make_producer(kafka)
+    ids = []
+    for i, pixels in enumerate(sample_pixels(n, seed=seed)[..., 0]):
+        sha = hashlib.sha256(pixels.tobytes() + bytes([seed, i])).hexdigest()
+        msg = Preprocessed(
+            image_id=sha[:32],
+            sha256=sha,
+            pixels_b64=Preprocessed.encode_pixels(np.ascontiguousarray(pixels)),
+            uploaded_at_ms=now_ms(),
+            preprocessed_at_ms=now_ms(),
+            preprocess_ms=1.0,
+        )
+        produce_sync(producer, t.preprocessed, msg.image_id, msg.to_bytes())
+        ids.append(msg.image_id)
+    return ids
+
+
+def routed(kafka: str, t: Topics, n: int, seed: int) -> set[tuple[str, int]]:
+    ids = publish_images(kafka, t, n, seed)
+    return {(p.variant, p.model_version) for p in wait_predictions(kafka, t, ids, timeout_s=120)}
+
+
+def wait_log(proc: Proc, text: str, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while text not in proc.text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert text in proc.text(), proc.text()[-2000:]
+
+
+def test_promote_rollback_and_ab_steer_the_router(
+    kafka: str,
+    topics: dict[str, str],
+    tmp_path: Path,
+    model_base: Path,
+    serve_factory,
+    hub: Hub,  # type: ignore[no-untyped-def]
+) -> None:
+    t = Topics(topics["prefix"])
+    server = serve_factory(POLL, config=models_config(model_base, labels={"stable": 1, "canary": 2}))
+    settings = Settings(
+        hub.path,
+        model_config_file=tmp_path / "serve0" / "models.config",
+        serving=server.grpc_target,
+        kafka=kafka,
+        topic_prefix=topics["prefix"],
+    )
+    svc = Service(hub, settings)
+    env = {"CHEXSTACK_KAFKA": kafka, "CHEXSTACK_TOPIC_PREFIX": topics["prefix"],
+           "CHEXSTACK_SERVING": server.grpc_target}  # fmt: skip
+    with running_workers(env, tmp_path) as w:
+        router = w.start("route")
+        w.wait_assigned([router])
+
+        svc.set_ab(MODEL_NAME, {"stable": 100})
+        wait_log(router, "A/B weights for chexnet: {'stable': 100}")
+        assert routed(kafka, t, 2, seed=1) == {("stable", 1)}
+
+        svc.promote(MODEL_NAME, 2, "stable")
+        assert routed(kafka, t, 2, seed=2) == {("stable", 2)}
+        svc.rollback(MODEL_NAME)
+        assert routed(kafka, t, 2, seed=3) == {("stable", 1)}
+
+        # `chexstack ab set` (the CLI) publishes and records the change in the hub.
+        res = cli("ab", "set", MODEL_NAME, "stable=0", "canary=100", "--hub", str(hub.path),
+                  "--model-config-file", str(settings.model_config_file), env=env)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        wait_log(router, "A/B weights for chexnet: {'stable': 0, 'canary': 100}")
+        assert routed(kafka, t, 2, seed=4) == {("canary", 2)}
+        refused = cli("ab", "set", MODEL_NAME, "shadow=10", "--hub", str(hub.path),
+                      "--model-config-file", str(settings.model_config_file), env=env)  # fmt: skip
+        assert refused.returncode == 1 and "no version label shadow" in refused.stderr
+
+    jobs = hub.list_jobs(kind="serve", limit=None)
+    assert [(j.spec["action"], j.status) for j in jobs] == [
+        ("ab", "succeeded"), ("rollback", "succeeded"), ("promote", "succeeded"), ("ab", "succeeded")
+    ]  # fmt: skip
+    assert jobs[0].results == {"weights": {"stable": 0, "canary": 100}}
+    assert svc.get_ab(MODEL_NAME) == {"stable": 0, "canary": 100}
+
+
+def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> None:
+    # A config no trainer accepts: the rerun must still be recorded, failed, and linked to the original.
+    config = {"epochs": 1, "not_a_train_option": True}
+    old = hub.start_job("train", "chexnet", "tiny", MODEL_NAME, {"config": config})
+    hub.finish_job(old, "succeeded", {"mean_auroc": 0.9}, model_version=1)
+    res = cli("jobs", "rerun", old[:6], "--hub", str(hub.path))
+    assert res.returncode == 1 and f"of {old[:6]} failed" in res.stderr, res.stderr
+    (new,) = [j for j in hub.list_jobs(kind="train") if j.rerun_of == old]
+    assert new.status == "failed" and "exited with code" in (new.error or "")
+    import yaml
+
+    assert yaml.safe_load((hub.path.parent / "reruns" / f"{new.id}.yaml").read_text()) == config
+    serve = hub.start_job("serve", "chexnet", "tiny", MODEL_NAME, {"action": "promote"})
+    res = cli("jobs", "rerun", serve, "--hub", str(hub.path))
+    assert res.returncode == 1 and "only train jobs can be rerun" in res.stderr
+
+    # Through the API the rerun runs in the background: queued at once, failed once the child exits.
+    from chexstack.hub.api import make_server, serve_in_thread
+
+    server = make_server(Service(hub, Settings(hub.path)), port=0)
+    serve_in_thread(server)
+    try:
+        queued = HubClient(server.url).rerun(old)
+        assert (queued["status"], queued["rerun_of"]) == ("queued", old)
+        deadline = time.monotonic() + 120
+        while hub.get_job(queued["id"]).status in ("queued", "running") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        done = HubClient(server.url).job(queued["id"])
+        assert done["status"] == "failed" and "exited with code" in done["error"]
+    finally:
+        server.shutdown()
+        server.server_close()

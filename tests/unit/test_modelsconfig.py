@@ -1,0 +1,101 @@
+"""models.config rewrites: only the asked-for field changes, atomically, and invalid input is refused."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from chexstack.hub import modelsconfig
+from chexstack.hub.modelsconfig import ModelsConfigError
+
+CONFIG = """# Managed by Ansible
+# Re-read every 30 s.
+model_config_list {
+  config {
+    name: "chexnet"
+    base_path: "/models/chexnet"
+    model_platform: "tensorflow"
+    model_version_policy { specific { versions: 1 versions: 2 } }
+    version_labels { key: "stable" value: 1 }
+    version_labels { key: "canary" value: 2 }
+  }
+  config {
+    name: "other"
+    base_path: "/models/other"
+    model_platform: "tensorflow"
+    model_version_policy { latest { num_versions: 2 } }
+    version_labels { key: "stable" value: 7 }
+  }
+}
+"""
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Path:
+    path = tmp_path / "models.config"
+    path.write_text(CONFIG)
+    path.chmod(0o640)
+    return path
+
+
+def test_label_and_policy_edits_keep_everything_else(cfg: Path) -> None:
+    with modelsconfig.edit(cfg) as config:
+        assert modelsconfig.set_label(config, "chexnet", "stable", 2) == 1
+        assert modelsconfig.add_specific_version(config, "chexnet", 3)
+        assert not modelsconfig.add_specific_version(config, "chexnet", 3)  # already there
+        assert not modelsconfig.add_specific_version(config, "other", 9)  # latest policy: left alone
+        assert modelsconfig.remove_label(config, "chexnet", "canary") == 2
+        assert modelsconfig.remove_label(config, "chexnet", "canary") is None
+    text = cfg.read_text()
+    assert text.startswith("# Managed by Ansible\n# Re-read every 30 s.\n")
+    assert cfg.stat().st_mode & 0o777 == 0o640
+    assert sorted(p.name for p in cfg.parent.iterdir()) == ["models.config", "models.config.lock"]
+    config = modelsconfig.read(cfg)
+    assert modelsconfig.labels(config, "chexnet") == {"stable": 2}
+    assert modelsconfig.policy_text(config, "chexnet") == "specific 1,2,3"
+    other = modelsconfig.model(config, "other")
+    assert (other.base_path, other.model_version_policy.latest.num_versions) == ("/models/other", 2)
+    assert modelsconfig.labels(config, "other") == {"stable": 7}
+    assert modelsconfig.policy_text(config, "other") == "latest 2"
+    assert modelsconfig.policy_selects(config, "chexnet", 3) is True
+    assert modelsconfig.policy_selects(config, "chexnet", 4) is False
+    assert modelsconfig.policy_selects(config, "other", 4) is None
+
+
+def test_unchanged_edit_does_not_rewrite(cfg: Path) -> None:
+    before = cfg.stat().st_ino
+    with modelsconfig.edit(cfg) as config:
+        modelsconfig.set_label(config, "chexnet", "stable", 1)  # the value it already has
+    assert cfg.stat().st_ino == before and cfg.read_text() == CONFIG
+
+
+def test_bad_input_names_the_file_and_reason(cfg: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelsConfigError, match="has no model 'nope' \\(models: chexnet, other\\)"):
+        modelsconfig.labels(modelsconfig.read(cfg), "nope")
+    with pytest.raises(ModelsConfigError, match="does not exist"):
+        modelsconfig.read(tmp_path / "missing.config")
+    broken = tmp_path / "broken.config"
+    broken.write_text("model_config_list { config { name: 'x' base_pathh: '/m' } }")
+    with pytest.raises(ModelsConfigError, match=r"broken.config: invalid models.config: .*base_pathh"):
+        modelsconfig.read(broken)
+    with pytest.raises(ModelsConfigError, match="version must be positive"), modelsconfig.edit(cfg) as config:
+        modelsconfig.set_label(config, "chexnet", "stable", 0)
+    assert cfg.read_text() == CONFIG  # a failed edit writes nothing
+
+
+def test_concurrent_edits_do_not_lose_updates(cfg: Path) -> None:
+    def add(version: int) -> None:
+        with modelsconfig.edit(cfg) as config:
+            modelsconfig.add_specific_version(config, "chexnet", version)
+
+    threads = [threading.Thread(target=add, args=(v,)) for v in range(3, 23)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    config = modelsconfig.read(cfg)
+    assert modelsconfig.policy_text(config, "chexnet") == "specific " + ",".join(map(str, range(1, 23)))
+    assert not [p for p in os.listdir(cfg.parent) if p.endswith(".tmp")]
