@@ -292,26 +292,28 @@ def read_manifest(csv_path: Path, key: bytes) -> Listing:
             bad.append(BadRow(line, f"expected {len(header)} fields, found {len(fields)}"))
             continue
         rel, raw_patient = fields[col["path"]].strip(), fields[col["patient_id"]].strip()
-        problem = _common_checks(rel, raw_patient, first_line, line)
         path = base / rel
+        pseudo = pseudonym(key, raw_patient) if raw_patient else ""
+        # Reasons reach dataset.json and the terminal: the path as shown there carries no raw patient id.
+        shown = _scrub(rel, raw_patient, pseudo) if raw_patient else rel
+        problem = _common_checks(shown, raw_patient, first_line, line)
         if problem is None and not path.is_file():
-            problem = f"{rel}: file not found" if not path.exists() else f"{rel}: not a file"
+            problem = f"{shown}: file not found" if not path.exists() else f"{shown}: not a file"
         split: FixedSplit | None = None
         if "split" in col:
             value = _SPLIT_ALIASES.get(fields[col["split"]].strip().lower())
             if value is None:
-                problem = problem or f"{rel}: split {fields[col['split']]!r} is not train, val or test"
+                problem = problem or f"{shown}: split {fields[col['split']]!r} is not train, val or test"
             split = value  # type: ignore[assignment]
         try:
             labels = parse_labels(fields[col["labels"]])
         except ValueError as exc:
-            problem = problem or f"{rel}: {exc}"
+            problem = problem or f"{shown}: {exc}"
         if problem is not None:
             bad.append(BadRow(line, problem))
             continue
-        first_line.setdefault(rel, line)
-        pseudo = pseudonym(key, raw_patient)
-        rows.append(Row(line, _scrub(rel, raw_patient, pseudo), path, labels, pseudo, split))
+        first_line.setdefault(shown, line)
+        rows.append(Row(line, shown, path, labels, pseudo, split))
     if "split" in col and rows and not any(r.split == "val" for r in rows):
         # train/test only: validation comes out of train, by patient, like ChestX-ray14's train_val.
         rows = [
@@ -463,11 +465,19 @@ def _load_job(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:
 # -------------------------------------------------------------------------------------------- preparing
 
 
-def _check_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool, source: Path | None = None) -> None:
     if out.exists() and not out.is_dir():
         raise DatasetError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise DatasetError(f"{out}: not empty (pass --force to replace it)")
+    if source is not None and source.resolve().is_relative_to(out.resolve()):
+        raise DatasetError(f"{out}: holds the source {source}; write the shards to another folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise DatasetError(f"{out}: not empty (pass --force to replace it)")
+        # --force replaces earlier shards, never a folder of something else.
+        if not (out / "dataset.json").is_file():
+            raise DatasetError(
+                f"{out}: not empty and not a `data prepare` output (--force replaces only those)"
+            )
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -505,7 +515,7 @@ def prepare(
     if shard_size < 1:
         raise DatasetError(f"shard size must be >= 1, got {shard_size}")
     out = Path(out)
-    _check_out(out, force)
+    _check_out(out, force, Path(source))
     listing = read_dataset(Path(source), key, fmt)
     splits = assign_splits(listing.rows, val_fraction, test_fraction, seed)
     bad = list(listing.bad)

@@ -115,6 +115,7 @@ def prepare(
     from chexstack.datasets import BadRowsError, DatasetError
     from chexstack.datasets import prepare as prepare_dataset
     from chexstack.deid import load_or_create_key
+    from chexstack.shards import ShardError
 
     try:
         key = load_or_create_key(open_store(store), pseudonym_key)
@@ -155,8 +156,11 @@ def prepare(
         for row in exc.rows:
             typer.echo(f"  line {row.line}: {row.reason}", err=True)
         raise typer.Exit(1) from exc
-    except DatasetError as exc:
+    except (DatasetError, ShardError) as exc:
         typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    except OSError as exc:  # e.g. the disk filled up: the output folder is only renamed into place on success
+        typer.echo(f"error: cannot write {out}: {exc.strerror or exc}; nothing was written", err=True)
         raise typer.Exit(2) from exc
     splits = dataset.meta["splits"]
     images = sum(s["count"] for s in splits.values())

@@ -108,6 +108,13 @@ def serve(
         help="Port of the hub API.",
     ),
     token: str | None = HubTokenOpt,  # type: ignore[assignment]
+    reruns: bool = typer.Option(
+        True,
+        "--reruns/--no-reruns",
+        envvar=env_name("--hub-reruns"),
+        show_envvar=True,
+        help="Let POST /v1/jobs/ID/rerun train in this process's environment (off where it has no data).",
+    ),
     hub: Path | None = HubOpt,  # type: ignore[assignment]
     model_config_file: Path | None = ModelConfigFileOpt,  # type: ignore[assignment]
     model_base: Path | None = ModelBaseOpt,  # type: ignore[assignment]
@@ -124,7 +131,7 @@ def serve(
     with service(hub, model_config_file=model_config_file, model_base=model_base, serving=serving,
                  kafka=kafka, topic_prefix=topic_prefix) as svc:  # fmt: skip
         try:
-            server = make_server(svc, host, port, token)
+            server = make_server(svc, host, port, token, reruns)
         except OSError as exc:
             raise fail(f"cannot listen on {host}:{port}: {exc}") from exc
         # serve_forever runs here; a signal asks it to stop from another thread (shutdown() blocks).

@@ -128,8 +128,13 @@ class _HubRecorder:
 
     def failed(self, exc: BaseException) -> None:
         if self.job_id is not None:
+            version = getattr(exc, "exported_version", None)
             self.hub.finish_job(
-                self.job_id, status="failed", results={}, error=f"{type(exc).__name__}: {exc}"
+                self.job_id,
+                status="failed",
+                results={"exported_version": version} if version is not None else {},
+                model_version=version,
+                error=f"{type(exc).__name__}: {exc}",
             )
 
 

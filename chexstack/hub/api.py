@@ -27,7 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from chexstack.hub.service import Service, ServiceError
+from chexstack.hub.service import Conflict, Service, ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -62,13 +62,19 @@ class _Request:
         return int(value)
 
 
-def _routes(service: Service) -> list[tuple[str, re.Pattern[str], Handler]]:
+def _routes(service: Service, reruns: bool = True) -> list[tuple[str, re.Pattern[str], Handler]]:
     def jobs(r: _Request) -> tuple[int, dict[str, Any]]:
         limit = r.int_field("limit", r.query_value("limit"), required=False)
         found = service.list_jobs(kind=r.query_value("kind"), limit=50 if limit is None else limit)
         return 200, {"jobs": [j.to_dict() for j in found]}
 
     def rerun(r: _Request) -> tuple[int, dict[str, Any]]:
+        if not reruns:
+            # A training needs the data, the volumes and the GPU of the trainer, not of this API process.
+            raise Conflict(
+                f"this hub API does not run training; run `chexstack jobs rerun {r.param('id')}` where the "
+                "training data is (on the platform: in the trainer service)"
+            )
         job, _ = service.rerun_job(r.param("id"), wait=False)
         return 202, {"job": job.to_dict()}
 
@@ -114,10 +120,12 @@ def _routes(service: Service) -> list[tuple[str, re.Pattern[str], Handler]]:
 class HubServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], service: Service, token: str | None) -> None:
+    def __init__(
+        self, address: tuple[str, int], service: Service, token: str | None, reruns: bool = True
+    ) -> None:
         self.service = service
         self.token = token or None
-        self.routes = _routes(service)
+        self.routes = _routes(service, reruns)
         super().__init__(address, _RequestHandler)
 
     @property
@@ -152,7 +160,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
     def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
+        text = (self.headers.get("Content-Length") or "0").strip()
+        if not text.isdigit():  # a negative length would make read() wait for the connection to close
+            raise BadRequest(f"bad Content-Length {text!r}")
+        length = int(text)
         if length > MAX_BODY:
             raise BadRequest(f"request body over {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b""
@@ -210,9 +221,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
 
 def make_server(
-    service: Service, host: str = "127.0.0.1", port: int = 8600, token: str | None = None
+    service: Service,
+    host: str = "127.0.0.1",
+    port: int = 8600,
+    token: str | None = None,
+    reruns: bool = True,
 ) -> HubServer:
-    return HubServer((host, port), service, token)
+    return HubServer((host, port), service, token, reruns)
 
 
 def serve_in_thread(server: HubServer) -> threading.Thread:

@@ -114,6 +114,8 @@ class Service:
         config = old.spec.get("config")
         if not isinstance(config, dict) or not config:
             raise ServiceError(f"job {old.id} has no train config in its spec snapshot; it cannot be rerun")
+        # A fresh job directory: the old one holds finished state, and resuming it would not train again.
+        config = {**config, "job_dir": None}
         new_id = self.hub.create_job(
             kind="train",
             project=old.project,

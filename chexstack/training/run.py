@@ -31,7 +31,12 @@ OnStarted = Callable[[dict[str, Any]], None]
 
 
 class TrainError(RuntimeError):
-    """The job cannot run as configured (bad data set, image size, resume state)."""
+    """The job cannot run as configured (bad data set, image size, resume state), or its hand-off failed."""
+
+    def __init__(self, message: str, exported_version: int | None = None) -> None:
+        super().__init__(message)
+        # Set when the version was exported before the failure: the hub still links it to this job.
+        self.exported_version = exported_version
 
 
 # ------------------------------------------------------------------------------------ environment
@@ -306,18 +311,23 @@ def run_training(
     json_path, md_path = report.write(result_report, job_dir)
 
     if version is not None and config.model_config_file is not None:
-        from chexstack.hub.handoff import handoff  # written by the hub; imported only when used
+        from chexstack.hub.handoff import HandoffError, handoff
 
         hub, job_id = hub_job() if hub_job is not None else (None, None)
-        handoff(
-            Path(config.model_config_file),
-            config.model_name,
-            version,
-            config.handoff_label,
-            config.serving,
-            hub=hub,
-            job_id=job_id,
-        )
+        try:
+            handoff(
+                Path(config.model_config_file),
+                config.model_name,
+                version,
+                config.handoff_label,
+                config.serving,
+                hub=hub,
+                job_id=job_id,
+            )
+        except HandoffError as exc:
+            raise TrainError(
+                f"exported version {version} ({export_path}) but could not hand it to serving: {exc}", version
+            ) from exc
 
     history = evaluation.history
     return {

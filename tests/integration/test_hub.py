@@ -291,7 +291,11 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
     assert new.status == "failed" and "exited with code" in (new.error or "")
     import yaml
 
-    assert yaml.safe_load((hub.path.parent / "reruns" / f"{new.id}.yaml").read_text()) == config
+    # The recorded config, except the job directory: a rerun trains from scratch in a new one.
+    assert yaml.safe_load((hub.path.parent / "reruns" / f"{new.id}.yaml").read_text()) == {
+        **config,
+        "job_dir": None,
+    }
     serve = hub.start_job("serve", "chexnet", "tiny", MODEL_NAME, {"action": "promote"})
     res = cli("jobs", "rerun", serve, "--hub", str(hub.path))
     assert res.returncode == 1 and "only train jobs can be rerun" in res.stderr
@@ -309,6 +313,17 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
             time.sleep(0.5)
         done = HubClient(server.url).job(queued["id"])
         assert done["status"] == "failed" and "exited with code" in done["error"]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    # Where the API process has no training data (the platform's hub service), reruns are refused.
+    server = make_server(Service(hub, Settings(hub.path)), port=0, reruns=False)
+    serve_in_thread(server)
+    try:
+        with pytest.raises(HubClientError) as refused:
+            HubClient(server.url).rerun(old)
+        assert refused.value.status == 409 and "trainer service" in str(refused.value)
     finally:
         server.shutdown()
         server.server_close()

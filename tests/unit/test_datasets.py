@@ -137,6 +137,8 @@ def test_chestxray14_official_lists(tmp_path: Path) -> None:
 def test_manifest_paths_splits_and_pseudonyms(tmp_path: Path) -> None:
     (tmp_path / "img" / "PAT-0042").mkdir(parents=True)
     (tmp_path / "img" / "PAT-0042" / "a.png").write_bytes(png(1))
+    (tmp_path / "img" / "PAT-0047").mkdir(parents=True)
+    (tmp_path / "img" / "PAT-0047" / "a.png").write_bytes(png(4))
     (tmp_path / "b.png").write_bytes(png(2))
     (tmp_path / "c.png").write_bytes(png(3))
     manifest = tmp_path / "m.csv"
@@ -146,6 +148,8 @@ def test_manifest_paths_splits_and_pseudonyms(tmp_path: Path) -> None:
         "b.png,No Finding,PAT-0043,TEST,y\n"
         "missing.png,Mass,PAT-0044,train,z\n"
         "c.png,Mass,PAT-0045,holdout,z\n"
+        "img/PAT-0046/gone.png,Mass,PAT-0046,train,z\n"
+        "img/PAT-0047/a.png,Bogus,PAT-0047,train,z\n"
     )
     assert detect_format(manifest) == "manifest"
     listing = read_manifest(manifest, KEY)
@@ -158,7 +162,11 @@ def test_manifest_paths_splits_and_pseudonyms(tmp_path: Path) -> None:
     assert [(b.line, b.reason) for b in listing.bad] == [
         (4, "missing.png: file not found"),
         (5, "c.png: split 'holdout' is not train, val or test"),
+        (6, f"img/{pseudonym(KEY, 'PAT-0046')}/gone.png: file not found"),
+        (7, f"img/{pseudonym(KEY, 'PAT-0047')}/a.png: unknown label 'Bogus' in 'Bogus'"),
     ]
+    # Bad-row reasons reach dataset.json and the terminal: no raw id in them either.
+    assert not any("PAT-004" in b.reason for b in listing.bad)
 
 
 def test_manifest_header_errors(tmp_path: Path) -> None:
@@ -244,3 +252,12 @@ def test_prepare_stops_before_writing_on_bad_rows(tmp_path: Path) -> None:
     assert [r.line for r in skipped] == [8]
     assert sum(s["count"] for s in again.meta["splits"].values()) == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
+
+    # --force never replaces a folder that is not shards, nor one holding the source.
+    with pytest.raises(DatasetError, match="holds the source"):
+        prepare(root, tmp_path, key=KEY, image_size=16, skip_bad_rows=True, force=True)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    with pytest.raises(DatasetError, match="not a `data prepare` output"):
+        prepare(root, tmp_path / "other", key=KEY, image_size=16, skip_bad_rows=True, force=True)
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
