@@ -16,7 +16,18 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # In site.yml order, so a broken early role fails first.
-ROLES = ["preflight", "docker", "images", "kafka", "serving", "workers", "jupyter", "tensorboard", "trainer"]
+ROLES = [
+    "preflight",
+    "docker",
+    "images",
+    "kafka",
+    "serving",
+    "workers",
+    "hub",
+    "jupyter",
+    "tensorboard",
+    "trainer",
+]
 
 
 def test_every_role_has_a_scenario() -> None:

@@ -8,6 +8,8 @@ share one deployment:
   2. every container healthy, every port bound to 127.0.0.1;
   3. synthetic uploads (PNG and DICOM) through the workers, predictions read through the host port;
   4. TF Serving's REST and gRPC APIs;
+  4b. the demo model trained on synthetic data by the training play: handed to serving as `stable`,
+     recorded in the hub, reachable through the hub's token-protected API;
   5. a second run reports changed=0, and --check runs clean;
   6. `make down` and `make up` again: Kafka data (topics, offsets, predictions) and models survive.
 """
@@ -20,6 +22,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,6 +46,7 @@ PROJECTS = [
         "kafka_project_name",
         "serving_project_name",
         "workers_project_name",
+        "hub_project_name",
         "jupyter_project_name",
         "tensorboard_project_name",
     )
@@ -183,7 +187,7 @@ def test_first_run_provisions_everything_and_smoke_passes(first_run: str) -> Non
 def test_every_container_healthy_on_loopback_only(first_run: str) -> None:
     rows = wait_healthy()
     services = {r["Service"] for r in rows}
-    assert {"kafka", "serving", "preprocess", "router", "jupyter", "tensorboard"} <= services
+    assert {"kafka", "serving", "preprocess", "router", "hub", "jupyter", "tensorboard"} <= services
     for r in rows:
         for pub in r.get("Publishers") or []:  # type: ignore[union-attr]
             if pub["PublishedPort"]:
@@ -216,6 +220,55 @@ def test_serving_rest_and_grpc(first_run: str) -> None:
         probs, version = client.predict(name, np.zeros((2, 224, 224, 1), np.uint8))
     assert probs.shape == (2, len(LABELS)) and version >= 1
     np.testing.assert_allclose(probs, np.asarray(preds), atol=1e-5)
+
+
+def hub_api(path: str, token: str | None) -> tuple[int, dict[str, object]]:
+    url = f"http://127.0.0.1:{VARS['chexstack_hub_port']}{path}"
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def test_demo_model_trained_handed_off_and_in_the_hub(first_run: str) -> None:
+    token_file = Path(VARS["chexstack_data_dir"], "secrets", "hub-token")
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    token = token_file.read_text().strip()
+    status, body = hub_api("/v1/jobs?kind=train", None)
+    assert status == 401 and "error" in body
+
+    status, body = hub_api("/v1/jobs?kind=train", token)
+    assert status == 200
+    jobs = body["jobs"]
+    assert isinstance(jobs, list) and len(jobs) == 1, jobs
+    job = jobs[0]
+    assert job["status"] == "succeeded", job
+    assert job["project"] == "demo"
+    assert job["spec"]["config"]["image_size"] == 64
+    assert job["spec"]["dataset"]["checksum"]
+    version = job["model_version"]
+    assert isinstance(version, int) and version >= 2  # version 1 is the untrained bootstrap export
+    # Synthetic findings are learnable: the short CPU run is far better than chance (measured value).
+    assert job["results"]["mean_auroc"] > 0.75, job["results"]
+
+    name = VARS["chexstack_model_name"]
+    status, body = hub_api(f"/v1/models?name={name}", token)
+    assert status == 200, body
+    (model,) = body["models"]  # type: ignore[misc]
+    assert model["labels"]["stable"] == version, model
+    by_version = {v["version"]: v for v in model["versions"]}
+    assert by_version[version]["state"] == "AVAILABLE"
+    assert by_version[version]["train_job"] == job["id"]
+
+    # Serving answers `stable` with the trained version, and it is not the untrained one's answer.
+    pixels = np.zeros((1, 224, 224, 1), np.uint8)
+    with ServingClient(f"127.0.0.1:{VARS['chexstack_serving_grpc_port']}", timeout_s=120) as client:
+        trained, answered = client.predict(name, pixels, label="stable")
+        untrained, _ = client.predict(name, pixels, version=1)
+    assert answered == version
+    assert not np.allclose(trained, untrained, atol=1e-3)
 
 
 def test_second_run_changes_nothing_and_check_mode_is_clean(first_run: str) -> None:
