@@ -22,7 +22,9 @@ from chexstack.settings import IMAGE_SIZE
 MAX_MESSAGE_BYTES: Final = 64 * 1024 * 1024
 INPUT_KEY: Final = "image"
 OUTPUT_KEY: Final = "probabilities"
+CAM_KEY: Final = "class_activation_maps"
 SIGNATURE: Final = "serving_default"
+EXPLAIN_SIGNATURE: Final = "explain"
 RETRYABLE: Final = frozenset(
     {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
 )
@@ -117,6 +119,40 @@ class ServingClient:
                 f"Predict {model_name}: expected output shape {(n, NUM_LABELS)}, got {probs.shape}"
             )
         return probs, int(response.model_spec.version.value)
+
+    def explain(
+        self, model_name: str, pixels: np.ndarray, *, version: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, int]:
+        """(probabilities [N,14], class activation maps [N,h,w,14] in [0, 1], version) from the model's
+        `explain` signature. Versions exported without it answer with a ServingError (not retryable)."""
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = EXPLAIN_SIGNATURE
+        if version is not None:
+            request.model_spec.version.value = version
+        request.inputs[INPUT_KEY].CopyFrom(_pixels_proto(pixels))
+        try:
+            response = self._predict.Predict(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise ServingError.from_rpc(exc, f"Predict {model_name} ({EXPLAIN_SIGNATURE})") from exc
+        missing = {OUTPUT_KEY, CAM_KEY} - set(response.outputs)
+        if missing:
+            raise ServingError(
+                f"Predict {model_name} ({EXPLAIN_SIGNATURE}): response lacks {sorted(missing)}"
+            )
+        probs = _float_array(response.outputs[OUTPUT_KEY])
+        cams = _float_array(response.outputs[CAM_KEY])
+        n = request.inputs[INPUT_KEY].tensor_shape.dim[0].size
+        if (
+            probs.shape != (n, NUM_LABELS)
+            or cams.ndim != 4
+            or cams.shape[0] != n
+            or cams.shape[3] != NUM_LABELS
+        ):
+            raise ServingError(
+                f"Predict {model_name} ({EXPLAIN_SIGNATURE}): unexpected shapes {probs.shape}, {cams.shape}"
+            )
+        return probs, cams, int(response.model_spec.version.value)
 
     def model_status(self, model_name: str) -> dict[int, str]:
         """Version -> state name (START, LOADING, AVAILABLE, UNLOADING, END)."""

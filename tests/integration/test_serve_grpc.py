@@ -57,6 +57,16 @@ def test_grpc_and_rest_agree(client: ServingClient, server: ServeProcess) -> Non
     np.testing.assert_allclose(probs, res.json()["predictions"], atol=1e-6)
 
 
+def test_explain_gives_the_same_probabilities_and_class_activation_maps(client: ServingClient) -> None:
+    pixels = sample_pixels(2, seed=9)
+    probs, version = client.predict("chexnet", pixels, version=2)
+    explained, cams, explained_version = client.explain("chexnet", pixels, version=2)
+    assert explained_version == version == 2
+    np.testing.assert_allclose(explained, probs, atol=1e-5)
+    assert cams.shape[0] == 2 and cams.shape[3] == 14 and cams.shape[1] == cams.shape[2] >= 1
+    assert float(cams.min()) >= 0.0 and float(cams.max()) <= 1.0
+
+
 def test_model_status(client: ServingClient) -> None:
     assert client.model_status("chexnet") == {1: "AVAILABLE", 2: "AVAILABLE"}
 

@@ -1,0 +1,56 @@
+"""The notebooks' settings, read from the same CHEXSTACK_* variables the services use.
+
+The Jupyter service sets them in its compose file (Kafka, serving, blob store, hub URL, TensorBoard
+URL) and its 0600 environment file (the hub token), so a notebook needs no configuration of its own.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Final
+
+from chexstack.settings import DEFAULT_KAFKA, DEFAULT_MODEL_NAME, DEFAULT_SERVING, default_store
+from chexstack.topics import Topics
+
+DEFAULT_HUB_URL: Final = "http://127.0.0.1:8600"
+DEFAULT_TENSORBOARD_URL: Final = "http://127.0.0.1:6006"
+
+
+@dataclass(frozen=True)
+class NotebookSettings:
+    kafka: str = DEFAULT_KAFKA
+    serving: str = DEFAULT_SERVING
+    store: str = ""
+    model_name: str = DEFAULT_MODEL_NAME
+    topic_prefix: str = ""
+    hub_url: str = DEFAULT_HUB_URL
+    # Never printed: the hub token stays in the environment (HubClient reads CHEXSTACK_HUB_TOKEN).
+    hub_token: str | None = None
+    tensorboard_url: str = DEFAULT_TENSORBOARD_URL
+
+    @property
+    def topics(self) -> Topics:
+        return Topics(self.topic_prefix)
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> NotebookSettings:
+        e = dict(os.environ if env is None else env)
+        return cls(
+            kafka=e.get("CHEXSTACK_KAFKA") or DEFAULT_KAFKA,
+            serving=e.get("CHEXSTACK_SERVING") or DEFAULT_SERVING,
+            store=e.get("CHEXSTACK_STORE") or default_store(),
+            model_name=e.get("CHEXSTACK_MODEL_NAME") or DEFAULT_MODEL_NAME,
+            topic_prefix=e.get("CHEXSTACK_TOPIC_PREFIX", ""),
+            hub_url=(e.get("CHEXSTACK_HUB_URL") or DEFAULT_HUB_URL).rstrip("/"),
+            hub_token=e.get("CHEXSTACK_HUB_TOKEN") or None,
+            tensorboard_url=(e.get("CHEXSTACK_TENSORBOARD_URL") or DEFAULT_TENSORBOARD_URL).rstrip("/"),
+        )
+
+    def __repr__(self) -> str:  # the token must not reach a notebook's output
+        token = "set" if self.hub_token else "unset"
+        return (
+            f"NotebookSettings(kafka={self.kafka!r}, serving={self.serving!r}, store={self.store!r}, "
+            f"model_name={self.model_name!r}, topic_prefix={self.topic_prefix!r}, hub_url={self.hub_url!r}, "
+            f"hub_token={token}, tensorboard_url={self.tensorboard_url!r})"
+        )

@@ -1,0 +1,381 @@
+"""The notebook's upload panel: pick radiographs, watch each one flow, read the result cards.
+
+Files go through `chexstack.ingest.Uploader`, the code path of `chexstack upload` (validation,
+de-identification, content-addressed store, xray.uploaded). A background thread per batch then
+follows the batch through xray.preprocessed, xray.predictions and xray.dlq (chexstack.notebook.tracker)
+and updates each file's status and card as the messages arrive, so the kernel stays free meanwhile.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from chexstack import transform
+from chexstack.ingest import IngestResult, KafkaUnavailable, Uploader
+from chexstack.messages import Prediction
+from chexstack.notebook import cards
+from chexstack.notebook.env import NotebookSettings
+from chexstack.notebook.tracker import Event, Tracker, TrackerError
+from chexstack.settings import Limits
+
+ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom"
+FINAL = frozenset({"predicted", "rejected", "timeout"})
+
+
+@dataclass
+class FileState:
+    name: str
+    status: str = "uploading"
+    detail: str = ""
+    image_id: str | None = None
+    pixels: np.ndarray | None = None
+    prediction: Prediction | None = None
+    explanation: cards.Explanation | None = None
+    data: bytes | None = field(default=None, repr=False)  # kept only until the pixels are known
+
+
+class UploadPanel:
+    """`UploadPanel.from_env()` in a notebook cell; display it as the cell's value."""
+
+    def __init__(self, settings: NotebookSettings, threshold: float = 0.5, wait_s: float = 300.0) -> None:
+        import ipywidgets as w
+
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        self.settings = settings
+        self.wait_s = wait_s
+        self._lock = threading.RLock()
+        self._files: list[FileState] = []
+        self._threads: list[threading.Thread] = []
+        self._uploader: Uploader | None = None
+        self._tracker = Tracker(settings.kafka, settings.topics)
+
+        self.picker = w.FileUpload(accept=ACCEPT, multiple=True, description="Upload X-rays")
+        self.patient = w.Text(
+            placeholder="optional: applies to this batch, pseudonymised",
+            description="Patient ID",
+            layout=w.Layout(width="420px"),
+        )
+        self.threshold = w.FloatSlider(
+            value=threshold, min=0.0, max=1.0, step=0.05, description="Threshold", readout_format=".2f"
+        )
+        self.message = w.HTML()
+        self.batches = w.VBox()
+        self.statuses = w.HTML(cards.status_table_html([]))
+        self.cards = w.VBox()
+        self.widget = w.VBox(
+            [
+                w.HTML(
+                    cards.STYLE + "<b>PNG, JPEG or DICOM</b>: several files at once. Originals are "
+                    "de-identified before they are stored; results appear below as they arrive."
+                ),
+                w.HBox([self.picker, self.patient]),
+                self.threshold,
+                self.message,
+                self.batches,
+                self.statuses,
+                self.cards,
+            ]
+        )
+        self.widget.add_class("chexstack-upload")
+        self.picker.observe(self._on_pick, names="value")
+        self.threshold.observe(lambda _change: self._render(), names="value")
+
+    @classmethod
+    def from_env(cls, threshold: float = 0.5, wait_s: float = 300.0) -> UploadPanel:
+        return cls(NotebookSettings.from_env(), threshold=threshold, wait_s=wait_s)
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    # Uploading ---------------------------------------------------------------------------------
+
+    def _on_pick(self, change: dict[str, Any]) -> None:
+        picked = change["new"]
+        if not picked:
+            return
+        items = [(str(f["name"]), (lambda d=bytes(f["content"]): d)) for f in picked]
+        # Clear the widget (its value holds every byte) so the same files can be picked again.
+        self.picker.value = ()
+        self._upload(items, self.patient.value)
+
+    def upload_paths(self, paths: Iterable[str | Path], patient_id: str | None = None) -> None:
+        """Upload files from the server's disk (what the widget does with picked files)."""
+        items = []
+        for p in paths:
+            path = Path(p)
+            items.append((path.name, _reader(path, self._limits())))
+        self._upload(items, patient_id)
+
+    def _limits(self) -> Limits:
+        return Limits()
+
+    def _get_uploader(self) -> Uploader:
+        if self._uploader is None:
+            import os
+
+            from chexstack.blobstore import open_store
+            from chexstack.deid import load_or_create_key
+
+            store = open_store(self.settings.store)
+            key = load_or_create_key(store, os.environ.get("CHEXSTACK_PSEUDONYM_KEY") or None)
+            uploader = Uploader(
+                bootstrap=self.settings.kafka,
+                store=store,
+                key=key,
+                limits=self._limits(),
+                topics=self.settings.topics,
+            )
+            uploader.check_connection()
+            self._uploader = uploader
+        return self._uploader
+
+    def _upload(self, items: Sequence[tuple[str, Callable[[], bytes]]], patient_id: str | None) -> None:
+        import ipywidgets as w
+
+        batch = len(self.batches.children) + 1
+        bar = w.IntProgress(value=0, min=0, max=2 * len(items), description=f"Batch {batch}")
+        label = w.Label()
+        self.batches.children = (*self.batches.children, w.HBox([bar, label]))
+        states = [FileState(name) for name, _ in items]
+        with self._lock:
+            self._files.extend(states)
+        self._render()
+        try:
+            uploader = self._get_uploader()
+            start = self._tracker.positions()
+        except (KafkaUnavailable, TrackerError, OSError, ValueError) as exc:
+            self.message.value = f'<span style="color:#cf222e">Cannot upload: {_escape(str(exc))}</span>'
+            with self._lock:
+                for s in states:
+                    s.status, s.detail = "rejected", f"not uploaded: {exc}"
+            self._render()
+            bar.value = bar.max
+            return
+        self.message.value = ""
+        duplicates: list[FileState] = []
+        for state, (_, read) in zip(states, items, strict=True):
+            try:
+                data = read()
+                result = uploader.upload_bytes(data, state.name, patient_id or None)
+            except _ReadError as exc:
+                data, result = b"", IngestResult(state.name, None, str(exc))
+            with self._lock:
+                if result.reason is not None:
+                    state.status, state.detail = "rejected", result.reason
+                    bar.value += 2
+                else:
+                    state.image_id = result.image_id
+                    state.status = "uploaded"
+                    state.detail = "already uploaded: looking up its prediction" if result.duplicate else ""
+                    state.data = data
+                    bar.value += 1
+                    if result.duplicate:
+                        duplicates.append(state)
+            label.value = _batch_text(states)
+            self._render()
+        thread = threading.Thread(
+            target=self._follow,
+            args=(states, duplicates, start, bar, label),
+            name=f"chexstack-batch-{batch}",
+            daemon=True,
+        )
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    # Following ---------------------------------------------------------------------------------
+
+    def _follow(
+        self, states: list[FileState], duplicates: list[FileState], start: Any, bar: Any, label: Any
+    ) -> None:
+        by_id: dict[str, list[FileState]] = {}
+        for s in states:
+            if s.image_id is not None and s.status not in FINAL:
+                by_id.setdefault(s.image_id, []).append(s)
+        fresh = {i for i, group in by_id.items() if not any(s in duplicates for s in group)}
+
+        def on_event(event: Event) -> None:
+            for s in by_id.get(event.image_id, []):
+                self._apply(s, event)
+                if event.kind != "preprocessed":
+                    bar.value = min(bar.max, bar.value + 1)
+            label.value = _batch_text(states)
+            self._render()
+
+        try:
+            left = self._tracker.follow(fresh, start, on_event, timeout_s=self.wait_s)
+            dup_ids = {s.image_id for s in duplicates if s.image_id is not None}
+            left |= self._lookup_duplicates(dup_ids, on_event)
+        except TrackerError as exc:
+            left = set(by_id)
+            self.message.value = f'<span style="color:#cf222e">{_escape(str(exc))}</span>'
+        with self._lock:
+            for image_id in left:
+                for s in by_id.get(image_id, []):
+                    if s.status not in FINAL:
+                        s.status = "timeout"
+                        s.detail = (
+                            f"no prediction within {self.wait_s:.0f} s: are the workers and serving running? "
+                            "(`docker compose ps` in the workers and serving projects)"
+                        )
+                        bar.value = min(bar.max, bar.value + 1)
+        label.value = _batch_text(states)
+        self._render()
+
+    def _lookup_duplicates(self, image_ids: set[str], on_event: Callable[[Event], None]) -> set[str]:
+        """A re-uploaded image is not processed again: its earlier prediction is on the topic."""
+        if not image_ids:
+            return set()
+        from chexstack.predictions import read_predictions
+
+        found: set[str] = set()
+        for pred in read_predictions(
+            self.settings.kafka,
+            self.settings.topics.predictions,
+            image_ids=image_ids,
+            timeout_s=min(60.0, self.wait_s),
+        ):
+            if pred.image_id not in found:
+                found.add(pred.image_id)
+                on_event(Event("predicted", pred.image_id, prediction=pred))
+        return image_ids - found
+
+    def _apply(self, state: FileState, event: Event) -> None:
+        if state.status in FINAL:
+            return
+        if event.kind == "preprocessed" and event.preprocessed is not None:
+            with self._lock:
+                state.pixels = event.preprocessed.pixels()
+                state.status = "preprocessed"
+                state.detail = f"{event.preprocessed.preprocess_ms:.0f} ms"
+        elif event.kind == "predicted" and event.prediction is not None:
+            pixels = state.pixels if state.pixels is not None else _local_pixels(state.data)
+            explanation = self._explain(event.prediction, pixels) if pixels is not None else None
+            with self._lock:
+                state.pixels = pixels
+                state.prediction = event.prediction
+                state.explanation = explanation
+                state.status = "predicted"
+                state.detail = (
+                    f"{event.prediction.model_name} v{event.prediction.model_version} "
+                    f"({event.prediction.variant}), {event.prediction.latency.end_to_end_ms:.0f} ms"
+                )
+                state.data = None
+        elif event.kind == "rejected":
+            with self._lock:
+                state.status, state.detail, state.data = "rejected", event.reason or "rejected", None
+
+    def _explain(self, prediction: Prediction, pixels: np.ndarray) -> cards.Explanation:
+        """The CAM of the most probable finding from the version that made the prediction."""
+        from chexstack.serving_client import ServingClient, ServingError
+
+        top = int(np.argmax(prediction.probabilities))
+        try:
+            with ServingClient(self.settings.serving, timeout_s=60.0) as client:
+                _, cams, _ = client.explain(
+                    prediction.model_name, pixels[None], version=prediction.model_version
+                )
+        except ServingError as exc:
+            return cards.Explanation(unavailable=str(exc).split(": ", 1)[-1][:200])
+        return cards.Explanation(label=prediction.labels[top], cam=cams[0, :, :, top])
+
+    # Showing -----------------------------------------------------------------------------------
+
+    def _render(self) -> None:
+        import ipywidgets as w
+
+        with self._lock:
+            files = list(self._files)
+            threshold = float(self.threshold.value)
+            self.statuses.value = cards.status_table_html(
+                [cards.StatusRow(f.name, f.status, f.detail) for f in files]
+            )
+            blocks = []
+            for f in files:
+                if f.status == "predicted" and f.prediction is not None and f.pixels is not None:
+                    blocks.append(cards.card_html(f.name, f.prediction, f.pixels, threshold, f.explanation))
+                elif f.status == "rejected":
+                    blocks.append(cards.rejected_html(f.name, f.detail))
+            current = [c.value for c in self.cards.children]
+            if current != blocks:
+                self.cards.children = tuple(w.HTML(b) for b in blocks)
+
+    def wait(self, timeout_s: float | None = None) -> UploadPanel:
+        """Block until every batch is finished (predicted, rejected or timed out)."""
+        deadline = time.monotonic() + (self.wait_s + 90.0 if timeout_s is None else timeout_s)
+        with self._lock:
+            threads = list(self._threads)
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return self
+
+    def report(self) -> str:
+        """One line per file: NAME<TAB>STATUS<TAB>DETAIL."""
+        with self._lock:
+            return "\n".join(f"{f.name}\t{f.status}\t{f.detail}" for f in self._files)
+
+    def close(self) -> None:
+        """Flush and drop the Kafka producer; a later upload opens a new one."""
+        if self._uploader is not None:
+            self._uploader.close()
+            self._uploader = None
+
+    def results(self) -> list[FileState]:
+        with self._lock:
+            return list(self._files)
+
+
+class _ReadError(RuntimeError):
+    pass
+
+
+def _reader(path: Path, limits: Limits) -> Callable[[], bytes]:
+    """Read a server-side file with the CLI's checks: a regular file within the size limit."""
+
+    def read() -> bytes:
+        try:
+            if not path.is_file():
+                raise _ReadError("not a file")
+            size = path.stat().st_size
+            if size > limits.max_bytes:
+                raise _ReadError(f"file is {size} bytes, over the limit of {limits.max_bytes}")
+            return path.read_bytes()
+        except OSError as exc:
+            raise _ReadError(f"cannot read: {exc.strerror or exc}") from exc
+
+    return read
+
+
+def _local_pixels(data: bytes | None) -> np.ndarray | None:
+    """The worker's transform applied here: for a re-upload whose preprocessed message is not re-sent."""
+    if not data:
+        return None
+    try:
+        return transform.preprocess_bytes(data)
+    except Exception:
+        return None
+
+
+def _batch_text(states: Sequence[FileState]) -> str:
+    n = len(states)
+    done = sum(s.status in FINAL for s in states)
+    predicted = sum(s.status == "predicted" for s in states)
+    rejected = sum(s.status == "rejected" for s in states)
+    uploaded = sum(s.image_id is not None for s in states)
+    return f"{uploaded}/{n} uploaded, {done}/{n} finished ({predicted} predicted, {rejected} rejected)"
+
+
+def _escape(text: str) -> str:
+    import html
+
+    return html.escape(text)
