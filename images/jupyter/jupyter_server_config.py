@@ -10,3 +10,7 @@ c.ServerApp.root_dir = os.environ.get("JUPYTER_ROOT_DIR", "/home/chexstack/work"
 c.ServerApp.allow_remote_access = True
 # Nobody logs in with a password; the token is the only credential.
 c.PasswordIdentityProvider.allow_password_change = False
+# Picked files reach the kernel inside one websocket message (the upload widget's value): tornado's
+# 10 MiB default would drop a typical uncompressed DICOM CR. 160 MiB covers a batch of a few of them;
+# chexstack.ingest still refuses any single file over its own limit (64 MiB).
+c.ServerApp.tornado_settings = {"websocket_max_message_size": 160 * 1024 * 1024}
