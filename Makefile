@@ -12,15 +12,16 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Extra ansible-playbook arguments for `make up` / `make down`, e.g. ARGS='-e chexstack_expose=true'.
 ARGS ?=
 
-.PHONY: help venv system-deps up down images lint typecheck unit integration e2e test demo schemas bench clean
+.PHONY: help venv system-deps up down images lint typecheck unit integration e2e browser test demo schemas bench clean
 
 help:
-	@echo "make up     - install the controller toolchain, run site.yml on this machine (the platform)"
-	@echo "make down   - stop every platform container; volumes (Kafka data, models, blobs) are kept"
-	@echo "make test   - install what is needed, then lint, unit, integration and e2e (Molecule, playbook) tests"
-	@echo "make demo   - broker, model, serving and workers on this machine; upload synthetic X-rays"
-	@echo "make bench  - streaming benchmark (writes docs/performance.md figures to stdout)"
-	@echo "make images - build the container images (ARGS='--source bootstrap|pull')"
+	@echo "make up      - install the controller toolchain, run site.yml on this machine (the platform)"
+	@echo "make down    - stop every platform container; volumes (Kafka data, models, blobs) are kept"
+	@echo "make test    - install what is needed, then lint, unit, integration and e2e (Molecule, playbook, browser) tests"
+	@echo "make browser - browser tests alone: deploys the isolated e2e instance, drives JupyterLab with Chromium"
+	@echo "make demo    - broker, model, serving and workers on this machine; upload synthetic X-rays"
+	@echo "make bench   - streaming benchmark (writes docs/performance.md figures to stdout)"
+	@echo "make images  - build the container images (ARGS='--source bootstrap|pull')"
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -63,9 +64,16 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(VENV)/bin/pytest tests/integration -q
 
-# ansible-lint and yamllint, every role's Molecule scenario, then the whole playbook on this machine.
+# ansible-lint and yamllint, every role's Molecule scenario, then the whole playbook on this machine,
+# then the browser tier (Playwright + Chromium, notebooks run headless) against the same deployment: one
+# pytest process, so the platform instance (a session fixture, tests/conftest.py) is deployed once.
 e2e: $(STAMP)
-	$(VENV)/bin/pytest tests/e2e -v
+	$(VENV)/bin/pytest tests/e2e tests/browser -v
+
+# The browser tier alone; it deploys the isolated e2e instance itself (CHEXSTACK_E2E_REUSE=1 reuses a
+# running one). Screenshots go to tests/artifacts/browser/ (CHEXSTACK_TEST_ARTIFACTS overrides).
+browser: $(STAMP)
+	$(VENV)/bin/pytest tests/browser -v
 
 test: lint typecheck schemas unit integration e2e
 

@@ -1,4 +1,5 @@
-"""Shared fixtures. `kafka` starts the project's real broker once per test session (no mocks)."""
+"""Shared fixtures. `kafka` starts the project's real broker once per test session (no mocks);
+`e2e_platform` deploys the whole platform once per test session for the e2e and browser tiers."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from chexstack.broker import Broker
+from tests import platform_instance
 
 
 def free_port() -> int:
@@ -74,3 +76,31 @@ def store_dir(tmp_path: Path) -> Path:
     d = tmp_path / "blobs"
     d.mkdir()
     return d
+
+
+@pytest.fixture(scope="session")
+def e2e_platform() -> Iterator[platform_instance.Platform]:
+    """The isolated platform instance (tests/e2e/platform-vars.yml), deployed once per pytest process.
+
+    tests/e2e/test_platform.py and tests/browser/ share this one deployment (`make e2e` runs both in one
+    process; a second deployment would cost about 15 minutes): the instance's containers, volumes and
+    files are removed, `make up` deploys it from scratch (images are the engine's cache), and everything
+    is removed again at the end of the session.
+
+    Development: with CHEXSTACK_E2E_REUSE=1 a running instance whose containers are all healthy is reused
+    as it is (`first_run` is then None); when none runs, `make up` deploys it without removing anything
+    first. Either way `reused` is True (the tests that judge a run from scratch skip) and the instance is
+    left running at the end, for the next run. Deploy it by hand with
+    `make up ARGS="-e @tests/e2e/platform-vars.yml -e chexstack_image_source=bootstrap"`. CI never sets it.
+    """
+    reuse = os.environ.get("CHEXSTACK_E2E_REUSE", "") == "1"
+    if reuse and platform_instance.healthy(platform_instance.containers()):
+        yield platform_instance.Platform(first_run=None, reused=True)
+        return
+    if not reuse:
+        platform_instance.remove_instance()  # from scratch
+    try:
+        yield platform_instance.Platform(first_run=platform_instance.make("up"), reused=reuse)
+    finally:
+        if not reuse:
+            platform_instance.remove_instance()

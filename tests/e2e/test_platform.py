@@ -1,8 +1,10 @@
 """The whole platform on this machine: `site.yml` in bootstrap mode, for real.
 
 An isolated instance (its own data directory, network, compose projects, volumes and host ports:
-tests/e2e/platform-vars.yml) so it runs beside a developer's platform. The tests run in file order and
-share one deployment:
+tests/e2e/platform-vars.yml) so it runs beside a developer's platform. It is the session fixture
+`e2e_platform` (tests/conftest.py, helpers in tests/platform_instance.py), deployed once and shared with
+the browser tier: `make e2e` runs tests/e2e and tests/browser in one pytest process, so the browser tests
+run after this file's last test, on the re-upped platform. The tests run in file order:
   1. the playbook from scratch (the instance's containers and volumes removed first; images are the
      engine's cache), with the smoke play;
   2. every container healthy, every port bound to 127.0.0.1;
@@ -12,103 +14,39 @@ share one deployment:
      recorded in the hub, reachable through the hub's token-protected API;
   5. a second run reports changed=0, and --check runs clean;
   6. `make down` and `make up` again: Kafka data (topics, offsets, predictions) and models survive.
+With CHEXSTACK_E2E_REUSE=1 (development only) a running instance is reused and test 1 skips.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
 from chexstack.labels import LABELS
 from chexstack.predictions import read_predictions
 from chexstack.serving_client import ServingClient
+from tests.platform_instance import (
+    KAFKA,
+    TOPIC_PREFIX,
+    VARS,
+    VOLUMES,
+    Platform,
+    containers,
+    docker,
+    hub_api,
+    make,
+    recap,
+    wait_healthy,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
-VARS_FILE = Path(__file__).with_name("platform-vars.yml")
-VARS = yaml.safe_load(VARS_FILE.read_text())
-ARGS = f"-e @{VARS_FILE} -e chexstack_image_source=bootstrap"
-PROJECTS = [
-    VARS[k]
-    for k in (
-        "kafka_project_name",
-        "serving_project_name",
-        "workers_project_name",
-        "hub_project_name",
-        "jupyter_project_name",
-        "tensorboard_project_name",
-    )
-]
-VOLUMES = [v for k, v in VARS.items() if k.endswith("_volume")]
-KAFKA = f"127.0.0.1:{VARS['chexstack_kafka_port']}"
-TOPIC_PREFIX = VARS.get("chexstack_topic_prefix", "")
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", NO_COLOR="1", PY_COLORS="0")
-    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
-    return env
-
-
-def make(target: str, *extra: str, timeout: int = 3600) -> str:
-    """`make up` / `make down` of the repository with the instance's variables; returns the output."""
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        ["make", "-C", str(ROOT), target, f"ARGS={ARGS} {' '.join(extra)}"],
-        env=_env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f"make {target} exited {proc.returncode}:\n{out[-10000:]}"
-    print(f"make {target} {' '.join(extra)}: {time.monotonic() - t0:.0f} s")
-    return out
-
-
-def recap(out: str) -> dict[str, int]:
-    m = re.search(r"localhost\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", out)
-    assert m, out[-3000:]
-    return dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()), strict=True))
-
-
-def docker(*args: str, check: bool = True) -> str:
-    proc = subprocess.run(["docker", *args], capture_output=True, text=True, check=False)
-    if check:
-        assert proc.returncode == 0, f"docker {' '.join(args)}: {proc.stderr}"
-    return proc.stdout
-
-
-def containers() -> list[dict[str, object]]:
-    rows = []
-    for project in PROJECTS:
-        out = docker("compose", "-p", project, "ps", "--all", "--format", "json")
-        rows += [json.loads(line) for line in out.splitlines() if line.strip()]
-    return rows
-
-
-def wait_healthy(timeout_s: float = 300) -> list[dict[str, object]]:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        rows = containers()
-        if rows and all(r["State"] == "running" and r["Health"] in ("healthy", "") for r in rows):
-            return rows
-        if time.monotonic() > deadline:
-            raise AssertionError(json.dumps(rows, indent=1))
-        time.sleep(3)
+# The first test deploys the platform (the session fixture's setup counts towards its timeout); the
+# second-run and down/up tests run the playbook too.
+pytestmark = pytest.mark.timeout(3600)
 
 
 def python_image() -> str:
@@ -158,24 +96,10 @@ def upload_in_container(count: int, seed: int) -> list[str]:
     return ids
 
 
-def remove_instance() -> None:
-    """The instance's containers, volumes and files; the images stay (the engine's cache)."""
-    for project in [*PROJECTS, VARS["trainer_project_name"]]:
-        docker("compose", "-p", project, "down", "--volumes", "--remove-orphans", check=False)
-    for volume in VOLUMES:
-        docker("volume", "rm", "-f", volume, check=False)
-    docker("network", "rm", VARS["chexstack_network"], check=False)
-    subprocess.run(["rm", "-rf", VARS["chexstack_data_dir"]], check=True)
-
-
-@pytest.fixture(scope="module")
-def first_run() -> Iterator[str]:
-    remove_instance()  # from scratch
-    yield make("up")
-    remove_instance()
-
-
-def test_first_run_provisions_everything_and_smoke_passes(first_run: str) -> None:
+def test_first_run_provisions_everything_and_smoke_passes(e2e_platform: Platform) -> None:
+    if e2e_platform.reused or e2e_platform.first_run is None:
+        pytest.skip("CHEXSTACK_E2E_REUSE=1: the instance was not deployed from scratch")
+    first_run = e2e_platform.first_run
     assert recap(first_run)["failed"] == 0
     assert recap(first_run)["changed"] > 0
     assert "CheXStack is up" in first_run
@@ -184,7 +108,7 @@ def test_first_run_provisions_everything_and_smoke_passes(first_run: str) -> Non
     ]
 
 
-def test_every_container_healthy_on_loopback_only(first_run: str) -> None:
+def test_every_container_healthy_on_loopback_only(e2e_platform: Platform) -> None:
     rows = wait_healthy()
     services = {r["Service"] for r in rows}
     assert {"kafka", "serving", "preprocess", "router", "hub", "jupyter", "tensorboard"} <= services
@@ -194,7 +118,7 @@ def test_every_container_healthy_on_loopback_only(first_run: str) -> None:
                 assert pub["URL"] == "127.0.0.1", (r["Name"], pub)
 
 
-def test_uploads_get_predictions_through_kafka(first_run: str) -> None:
+def test_uploads_get_predictions_through_kafka(e2e_platform: Platform) -> None:
     ids = upload_in_container(count=3, seed=11)
     preds = list(read_predictions(KAFKA, f"{TOPIC_PREFIX}xray.predictions", image_ids=ids, timeout_s=300))
     got = {p.image_id: p for p in preds}
@@ -205,7 +129,7 @@ def test_uploads_get_predictions_through_kafka(first_run: str) -> None:
         assert p.patient and p.patient.startswith("p-")
 
 
-def test_serving_rest_and_grpc(first_run: str) -> None:
+def test_serving_rest_and_grpc(e2e_platform: Platform) -> None:
     name = VARS["chexstack_model_name"]
     rest = f"http://127.0.0.1:{VARS['chexstack_serving_rest_port']}/v1/models/{name}"
     status = json.load(urllib.request.urlopen(rest, timeout=30))
@@ -222,17 +146,7 @@ def test_serving_rest_and_grpc(first_run: str) -> None:
     np.testing.assert_allclose(probs, np.asarray(preds), atol=1e-5)
 
 
-def hub_api(path: str, token: str | None) -> tuple[int, dict[str, object]]:
-    url = f"http://127.0.0.1:{VARS['chexstack_hub_port']}{path}"
-    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            return resp.status, json.load(resp)
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
-
-
-def test_demo_model_trained_handed_off_and_in_the_hub(first_run: str) -> None:
+def test_demo_model_trained_handed_off_and_in_the_hub(e2e_platform: Platform) -> None:
     token_file = Path(VARS["chexstack_data_dir"], "secrets", "hub-token")
     assert oct(token_file.stat().st_mode & 0o777) == "0o600"
     token = token_file.read_text().strip()
@@ -271,12 +185,12 @@ def test_demo_model_trained_handed_off_and_in_the_hub(first_run: str) -> None:
     assert not np.allclose(trained, untrained, atol=1e-3)
 
 
-def test_second_run_changes_nothing_and_check_mode_is_clean(first_run: str) -> None:
+def test_second_run_changes_nothing_and_check_mode_is_clean(e2e_platform: Platform) -> None:
     assert recap(make("up"))["changed"] == 0
     assert recap(make("up", "--check"))["failed"] == 0
 
 
-def test_down_then_up_keeps_kafka_data_and_models(first_run: str) -> None:
+def test_down_then_up_keeps_kafka_data_and_models(e2e_platform: Platform) -> None:
     before = upload_in_container(count=1, seed=12)
     list(read_predictions(KAFKA, f"{TOPIC_PREFIX}xray.predictions", image_ids=before, timeout_s=300))
     models = model_versions()
