@@ -7,8 +7,8 @@ panel in JupyterLab.
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np

@@ -1,0 +1,611 @@
+"""The models and training overview (notebooks/models_and_training.ipynb).
+
+Four sections, each a fetch (the hub's HTTP API or Kafka) and a pure HTML rendering of what was
+fetched, so the rendering is unit-testable without the platform:
+
+- model versions, their serving state, their version labels (stable/canary) and the train job behind
+  each (`render_models`, table class `chexstack-models`);
+- the A/B weights (`render_ab`, `chexstack-ab`);
+- recent jobs with a TensorBoard link for train jobs (`render_jobs`, `chexstack-jobs`);
+- predictions per model version and variant over a recent window, counted from xray.predictions
+  (`count_predictions`, `render_prediction_counts`, `chexstack-prediction-counts`).
+
+The `section_*` functions never raise: a hub or broker that cannot answer becomes a message in the
+output that says what was unreachable and why (class `chexstack-error`), so one failing section does
+not stop the notebook's later cells. Every value that comes from data is HTML-escaped, and the hub
+token is never part of any output.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import math
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any, Final
+from urllib.parse import quote
+
+from chexstack.hub.client import HubClient, HubClientError
+from chexstack.notebook.env import NotebookSettings
+
+log = logging.getLogger(__name__)
+# librdkafka's own log lines (e.g. "Connect to ... failed") go to Python logging, not to the cell's
+# stderr; a NullHandler keeps logging's last-resort handler from printing them.
+_kafka_log = logging.getLogger(f"{__name__}.kafka")
+_kafka_log.addHandler(logging.NullHandler())
+
+DEFAULT_WINDOW_S: Final = 3600
+DEFAULT_JOBS_LIMIT: Final = 15
+HUB_TIMEOUT_S: Final = 15.0
+KAFKA_TIMEOUT_S: Final = 30.0
+METADATA_TIMEOUT_S: Final = 5.0
+MAX_ERROR_CHARS: Final = 600
+DASH: Final = "\u2013"
+
+STYLE: Final = """<style>
+.chexstack-section table { border-collapse: collapse; margin: 0.3em 0 0.8em 0; }
+.chexstack-section th, .chexstack-section td { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
+.chexstack-section th { background: #f3f3f3; }
+.chexstack-section td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.chexstack-label { border-radius: 3px; padding: 0 5px; margin-right: 3px; color: #fff; background: #777; }
+.chexstack-label-stable { background: #2e7d32; }
+.chexstack-label-canary { background: #ef6c00; }
+.chexstack-error { border-left: 4px solid #c62828; background: #fdecea; padding: 4px 8px; margin: 4px 0; }
+.chexstack-note { color: #555; }
+</style>"""
+
+
+def esc(value: object) -> str:
+    """HTML-escape any value (quotes too, so it is safe in attributes); None is a dash."""
+    return DASH if value is None else html.escape(str(value), quote=True)
+
+
+def _section(body: str) -> str:
+    return f'<div class="chexstack-section">{body}</div>'
+
+
+def redact(text: str, secret: str | None) -> str:
+    return text.replace(secret, "***") if secret else text
+
+
+def render_error(what: str, where: str, reason: object, hint: str = "", secret: str | None = None) -> str:
+    """`Cannot read <what> from <where>: <reason>` as one escaped block; `secret` never shows."""
+    text = redact(" ".join(str(reason).split()), secret)
+    if len(text) > MAX_ERROR_CHARS:
+        text = text[:MAX_ERROR_CHARS] + " ..."
+    hint_html = f'<br><span class="chexstack-note">{esc(redact(hint, secret))}</span>' if hint else ""
+    return (
+        f'<div class="chexstack-error"><b>Cannot read {esc(what)} from {esc(where)}</b>: '
+        f"{esc(text)}{hint_html}</div>"
+    )
+
+
+def format_time(value: object) -> str:
+    """An ISO 8601 time from the hub as `YYYY-MM-DD HH:MM:SS UTC` (anything else as it is); escaped."""
+    if not isinstance(value, str) or not value:
+        return esc(None)
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return esc(value)
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC)
+    return esc(moment.strftime("%Y-%m-%d %H:%M:%S UTC"))
+
+
+def format_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def format_window(window_s: float) -> str:
+    if window_s % 86400 == 0 and window_s >= 86400:
+        n, unit = int(window_s // 86400), "day"
+    elif window_s % 3600 == 0 and window_s >= 3600:
+        n, unit = int(window_s // 3600), "hour"
+    elif window_s % 60 == 0 and window_s >= 60:
+        n, unit = int(window_s // 60), "minute"
+    else:
+        n, unit = int(window_s), "second"
+    return f"{n} {unit}" + ("" if n == 1 else "s")
+
+
+def _table(css_class: str, headers: list[str], rows: list[str], empty: str) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join(rows) or f'<tr><td colspan="{len(headers)}" class="chexstack-note">{esc(empty)}</td></tr>'
+    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return None if math.isnan(value) else float(value)
+
+
+# ----------------------------------------------------------------------------------- the connection
+
+
+def render_connection(settings: NotebookSettings, model_name: str | None = None) -> str:
+    """Where the notebook reads from (the same CHEXSTACK_* settings as the services); never the token."""
+    items = [
+        ("model", model_name or settings.model_name),
+        ("hub", settings.hub_url),
+        ("hub token", "set" if settings.hub_token else "not set"),
+        ("Kafka", settings.kafka),
+        ("predictions topic", settings.topics.predictions),
+        ("TensorBoard", settings.tensorboard_url),
+    ]
+    cells = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
+    return _section(f'{STYLE}<table class="chexstack-connection"><tbody>{cells}</tbody></table>')
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def _labels_html(labels: Iterable[object]) -> str:
+    spans = [
+        f'<span class="chexstack-label chexstack-label-{esc(label)}">{esc(label)}</span>' for label in labels
+    ]
+    return "".join(spans) or DASH
+
+
+def render_models(models: list[dict[str, Any]]) -> str:
+    """Per model and version: serving state, labels, on disk, in the version policy, the train job."""
+    notes, rows = [], []
+    for m in models:
+        name = m.get("name")
+        labels = m.get("labels") or {}
+        label_text = ", ".join(f"{k} = v{v}" for k, v in sorted(labels.items())) or "no labels"
+        notes.append(
+            f"<p><b>{esc(name)}</b>: {esc(label_text)}; version policy: {esc(m.get('policy'))}; "
+            f"base path <code>{esc(m.get('model_base'))}</code></p>"
+        )
+        if m.get("serving_error"):
+            notes.append(
+                render_error(
+                    "the serving state",
+                    str(m.get("serving")),
+                    m["serving_error"],
+                    "versions and labels below come from models.config and the model base path",
+                )
+            )
+        for v in m.get("versions") or []:
+            in_policy = v.get("in_policy")
+            job = v.get("train_job")
+            job_html = DASH
+            if job:
+                job_html = f"<code>{esc(job)}</code>"
+                if v.get("variation"):
+                    job_html += f" ({esc(v['variation'])})"
+            rows.append(
+                "<tr>"
+                f"<td>{esc(name)}</td>"
+                f'<td class="num">v{esc(v.get("version"))}</td>'
+                f"<td>{esc(v.get('state') or DASH)}</td>"
+                f"<td>{_labels_html(v.get('labels') or [])}</td>"
+                f"<td>{'yes' if v.get('on_disk') else 'missing'}</td>"
+                f"<td>{esc(None if in_policy is None else ('yes' if in_policy else 'no'))}</td>"
+                f"<td>{job_html}</td>"
+                "</tr>"
+            )
+    headers = ["model", "version", "serving state", "labels", "on disk", "in policy", "train job"]
+    table = _table(
+        "chexstack-models", headers, rows, "no model versions (nothing on disk, in serving or labelled)"
+    )
+    return _section(STYLE + "".join(notes) + table)
+
+
+def fetch_models(client: Any, model_name: str) -> list[dict[str, Any]]:
+    return list(client.models(model_name))
+
+
+# --------------------------------------------------------------------------------------------- A/B
+
+
+def render_ab(model_name: str, weights: Mapping[str, int]) -> str:
+    """Variant -> weight and share of traffic; no weights (or all zero) means the latest version."""
+    total = sum(w for w in weights.values() if w > 0)
+    rows = []
+    if total > 0:
+        for variant, weight in weights.items():
+            share = 100.0 * max(weight, 0) / total
+            rows.append(
+                f"<tr><td>{esc(variant)}</td><td class='num'>{esc(weight)}</td>"
+                f"<td class='num'>{share:.1f} %</td></tr>"
+            )
+    empty = "no weights set: all traffic to the latest version"
+    intro = f"<p>A/B weights of <b>{esc(model_name)}</b> (routers follow changes within seconds)</p>"
+    return _section(STYLE + intro + _table("chexstack-ab", ["variant", "weight", "share"], rows, empty))
+
+
+def fetch_ab(client: Any, model_name: str) -> dict[str, int]:
+    return {str(k): int(v) for k, v in client.ab(model_name).items()}
+
+
+# -------------------------------------------------------------------------------------------- jobs
+
+
+def run_name(job: Mapping[str, Any]) -> str | None:
+    """The TensorBoard run of a train job: `chexstack train` names it after the job directory and
+    writes it under <logs_dir>/<run>; the hub keeps results.run_dir (and job_dir) once it finishes."""
+    results = job.get("results") or {}
+    config = (job.get("spec") or {}).get("config") or {}
+    for value in (results.get("run_dir"), results.get("job_dir"), config.get("job_dir")):
+        if isinstance(value, str) and value.strip():
+            name = PurePosixPath(value.strip().rstrip("/")).name
+            if name:
+                return name
+    return None
+
+
+def _js_regex_escape(text: str) -> str:
+    # TensorBoard compiles the run filter as a JavaScript RegExp; escape only its metacharacters
+    # (Python's re.escape also escapes characters a unicode-mode RegExp rejects, e.g. "-").
+    return "".join("\\" + c if c in r"\^$.|?*+()[]{}/" else c for c in text)
+
+
+def tensorboard_link(tensorboard_url: str, run: str | None) -> str:
+    """TensorBoard's time series dashboard, filtered to `run` (the `runFilter` query parameter TensorBoard
+    2.x reads and writes for the run selector's regex); the dashboard root without a run."""
+    base = tensorboard_url.rstrip("/") + "/"
+    if not run:
+        return base + "#timeseries"
+    return f"{base}?runFilter={quote('^' + _js_regex_escape(run) + '$', safe='')}#timeseries"
+
+
+def _job_error(job: Mapping[str, Any]) -> str:
+    error = job.get("error")
+    if not error:
+        return ""
+    text = str(error)
+    short = text if len(text) <= 200 else text[:200] + " ..."
+    return f'<div class="chexstack-note" title="{esc(text)}">{esc(short)}</div>'
+
+
+def render_jobs(jobs: list[dict[str, Any]], tensorboard_url: str) -> str:
+    """Newest first: id, kind, status, project / variation, times, mean AUROC, version, TensorBoard."""
+    rows = []
+    for job in jobs:
+        kind = job.get("kind")
+        results = job.get("results") or {}
+        auroc = _number(results.get("mean_auroc"))
+        version = job.get("model_version")
+        what = ""
+        if kind == "serve":
+            spec = job.get("spec") or {}
+            action = spec.get("action")
+            if action == "ab":
+                weights = spec.get("weights") or {}
+                what = "A/B " + (", ".join(f"{k}={v}" for k, v in weights.items()) or "latest")
+            elif action:
+                what = f"{action} {spec.get('label') or ''}".strip()
+        tb = DASH
+        if kind == "train":
+            run = run_name(job)
+            href = esc(tensorboard_link(tensorboard_url, run))
+            label = f"run {esc(run)}" if run else "TensorBoard"
+            tb = f'<a href="{href}" target="_blank" rel="noopener">{label}</a>'
+        rerun = ""
+        if job.get("rerun_of"):
+            rerun = f"<br><span class='chexstack-note'>rerun of {esc(job['rerun_of'])}</span>"
+        rows.append(
+            "<tr>"
+            f"<td><code>{esc(job.get('id'))}</code>{rerun}</td>"
+            f"<td>{esc(kind)}{'<br>' + esc(what) if what else ''}</td>"
+            f"<td>{esc(job.get('status'))}{_job_error(job)}</td>"
+            f"<td>{esc(job.get('project'))} / {esc(job.get('variation'))}</td>"
+            f"<td>{format_time(job.get('created_at'))}</td>"
+            f"<td>{format_time(job.get('finished_at'))}</td>"
+            f'<td class="num">{esc(None if auroc is None else f"{auroc:.4f}")}</td>'
+            f'<td class="num">{esc(None if version is None else f"v{version}")}</td>'
+            f"<td>{tb}</td>"
+            "</tr>"
+        )
+    headers = ["job", "kind", "status", "project / variation", "created", "finished", "mean AUROC",
+               "model version", "TensorBoard"]  # fmt: skip
+    empty = "no jobs recorded yet (`chexstack train` records one per training run)"
+    return _section(STYLE + _table("chexstack-jobs", headers, rows, empty))
+
+
+def fetch_jobs(client: Any, kind: str | None = None, limit: int = DEFAULT_JOBS_LIMIT) -> list[dict[str, Any]]:
+    return list(client.jobs(kind=kind, limit=limit))
+
+
+# ------------------------------------------------------------------------------------- predictions
+
+
+@dataclass(frozen=True)
+class PredictionCounts:
+    """Predictions in xray.predictions with a timestamp in [since_ms, until_ms), per model version and
+    variant. `complete` is False when the read stopped at its time limit before the end."""
+
+    topic: str
+    since_ms: int
+    until_ms: int
+    counts: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    undecodable: int = 0
+    complete: bool = True
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def count_predictions(
+    bootstrap: str,
+    topic: str,
+    *,
+    window_s: float = DEFAULT_WINDOW_S,
+    now_ms: int | None = None,
+    timeout_s: float = KAFKA_TIMEOUT_S,
+) -> PredictionCounts:
+    """Count the predictions of the last `window_s` seconds, per (model, version, variant).
+
+    Each partition is read from the first offset at or after now - window (`offsets_for_times`) up to
+    its end as it was when called (the watermarks are taken first), so the read is bounded; messages
+    whose own timestamp is older than the window are skipped. Committed messages only, as the
+    services see them; a throwaway consumer group that commits nothing. Raises RuntimeError when the
+    broker or the topic is not there.
+    """
+    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+    from chexstack.messages import BadMessage, Prediction, decode
+
+    until_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    since_ms = until_ms - int(window_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"chexstack-overview-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "enable.partition.eof": True,
+            "logger": _kafka_log,
+        }
+    )
+    counts: dict[tuple[str, int, str], int] = {}
+    undecodable = 0
+    try:
+        step = max(1.0, min(METADATA_TIMEOUT_S, timeout_s / 3))  # per metadata/offsets request
+        try:
+            md = consumer.list_topics(topic, timeout=step)
+        except KafkaException as exc:
+            raise RuntimeError(f"no answer from Kafka at {bootstrap}: {exc}") from exc
+        info = md.topics.get(topic)
+        if info is None or info.error is not None:
+            reason = f" ({info.error})" if info is not None and info.error is not None else ""
+            raise RuntimeError(f"topic {topic} does not exist on {bootstrap}{reason}")
+        parts = sorted(info.partitions)
+        try:
+            ends = {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=step)[1] for p in parts
+            }
+            found = consumer.offsets_for_times(
+                [TopicPartition(topic, p, since_ms) for p in parts], timeout=step
+            )
+        except KafkaException as exc:
+            raise RuntimeError(f"cannot read the offsets of {topic} from {bootstrap}: {exc}") from exc
+        starts = {tp.partition: tp.offset for tp in found}
+        # offsets_for_times answers -1 (the end) where no message is that recent.
+        pending = {p for p in parts if 0 <= starts.get(p, -1) < ends[p]}
+        if pending:
+            consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(pending)])
+        while pending and time.monotonic() < deadline:
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            p = msg.partition() or 0
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    pending.discard(p)
+                    continue
+                raise RuntimeError(f"reading {topic} from {bootstrap}: {err}")
+            if p not in pending:
+                continue
+            offset = msg.offset() or 0
+            if offset >= ends[p]:  # arrived after the call began
+                pending.discard(p)
+                continue
+            if offset + 1 >= ends[p]:
+                pending.discard(p)
+            ts_type, ts = msg.timestamp()
+            if ts_type != 0 and ts < since_ms:  # 0: TIMESTAMP_NOT_AVAILABLE
+                continue
+            try:
+                pred = decode(Prediction, msg.value())
+            except BadMessage:
+                undecodable += 1
+                continue
+            key = (pred.model_name, pred.model_version, pred.variant)
+            counts[key] = counts.get(key, 0) + 1
+        return PredictionCounts(topic, since_ms, until_ms, counts, undecodable, complete=not pending)
+    finally:
+        consumer.close()
+
+
+def render_prediction_counts(result: PredictionCounts, model_name: str | None = None) -> str:
+    """Per model, version and variant: the number of predictions and its share of the model's."""
+    per_model: dict[str, int] = {}
+    for (name, _, _), n in result.counts.items():
+        per_model[name] = per_model.get(name, 0) + n
+    rows = []
+    for (name, version, variant), n in sorted(result.counts.items()):
+        share = 100.0 * n / per_model[name] if per_model[name] else 0.0
+        mark = " <b>*</b>" if model_name and name == model_name else ""
+        rows.append(
+            f"<tr><td>{esc(name)}{mark}</td><td class='num'>v{esc(version)}</td><td>{esc(variant)}</td>"
+            f"<td class='num'>{n}</td><td class='num'>{share:.1f} %</td></tr>"
+        )
+    window = format_window((result.until_ms - result.since_ms) / 1000)
+    intro = (
+        f"<p>{result.total} prediction{'' if result.total == 1 else 's'} in <code>{esc(result.topic)}</code> "
+        f"in the last {esc(window)} ({esc(format_ms(result.since_ms))} to "
+        f"{esc(format_ms(result.until_ms))})</p>"
+    )
+    notes = []
+    if model_name and model_name in per_model:
+        notes.append(
+            f'<p class="chexstack-note"><b>*</b> the model this notebook shows ({esc(model_name)})</p>'
+        )
+    if not result.complete:
+        notes.append(
+            '<p class="chexstack-note">The read stopped at its time limit before the end of the topic: '
+            "the counts are a lower bound.</p>"
+        )
+    if result.undecodable:
+        notes.append(f'<p class="chexstack-note">{result.undecodable} message(s) were not predictions.</p>')
+    headers = ["model", "version", "variant", "predictions", "share of the model's"]
+    table = _table("chexstack-prediction-counts", headers, rows, f"no predictions in the last {window}")
+    return _section(STYLE + intro + table + "".join(notes))
+
+
+# ----------------------------------------------------------------------- sections (never raise)
+
+
+def _client(settings: NotebookSettings) -> HubClient:
+    # An explicit token ("" when unset) so the client does not pick one up from elsewhere.
+    return HubClient(settings.hub_url, token=settings.hub_token or "", timeout_s=HUB_TIMEOUT_S)
+
+
+def _hub_hint(exc: Exception) -> str:
+    status = getattr(exc, "status", None)
+    if status == 0:
+        return "Is the hub service running, and is CHEXSTACK_HUB_URL right?"
+    if status == 401:
+        return "The hub wants a bearer token: CHEXSTACK_HUB_TOKEN is missing or wrong."
+    if status == 503:
+        return "The hub could not reach Kafka or serving."
+    return ""
+
+
+def hub_reason(exc: Exception) -> str:
+    """The gist of a hub failure: requests' connection errors nest the cause (e.g. `[Errno 111] Connection
+    refused`) deep in a long repr; other errors say it themselves."""
+    text = str(exc) if isinstance(exc, HubClientError) else f"{type(exc).__name__}: {exc}"
+    if getattr(exc, "status", None) == 0:
+        for pattern in (r"\[Errno -?\d+\][^'\"()]*", r"[Rr]ead timed out[^'\"()]*"):
+            found = re.search(pattern, text)
+            if found:
+                return f"no answer ({found.group(0).strip().rstrip('.')})"
+    return text
+
+
+def _hub_section(settings: NotebookSettings, what: str, build: Callable[[HubClient], str]) -> str:
+    try:
+        client = _client(settings)
+        try:
+            return build(client)
+        finally:
+            client.close()
+    except Exception as exc:  # shown, never raised: the notebook's other cells must still run
+        log.debug("reading %s from %s failed", what, settings.hub_url, exc_info=True)
+        return _section(
+            STYLE
+            + render_error(
+                what, f"the hub at {settings.hub_url}", hub_reason(exc), _hub_hint(exc), settings.hub_token
+            )
+        )
+
+
+def section_models(settings: NotebookSettings, model_name: str | None = None) -> str:
+    name = model_name or settings.model_name
+    return _hub_section(settings, f"the versions of {name}", lambda c: render_models(fetch_models(c, name)))
+
+
+def section_ab(settings: NotebookSettings, model_name: str | None = None) -> str:
+    name = model_name or settings.model_name
+    return _hub_section(settings, f"the A/B weights of {name}", lambda c: render_ab(name, fetch_ab(c, name)))
+
+
+def section_jobs(settings: NotebookSettings, kind: str | None = None, limit: int = DEFAULT_JOBS_LIMIT) -> str:
+    return _hub_section(
+        settings,
+        "the recent jobs",
+        lambda c: render_jobs(fetch_jobs(c, kind, limit), settings.tensorboard_url),
+    )
+
+
+def section_prediction_counts(
+    settings: NotebookSettings,
+    window_s: float = DEFAULT_WINDOW_S,
+    model_name: str | None = None,
+    timeout_s: float = KAFKA_TIMEOUT_S,
+) -> str:
+    topic = settings.topics.predictions
+    try:
+        result = count_predictions(settings.kafka, topic, window_s=window_s, timeout_s=timeout_s)
+    except Exception as exc:  # shown, never raised
+        log.debug("counting predictions in %s failed", topic, exc_info=True)
+        hint = "Is Kafka running, and are CHEXSTACK_KAFKA and CHEXSTACK_TOPIC_PREFIX right?"
+        reason = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
+        return _section(
+            STYLE
+            + render_error(
+                f"the predictions ({topic})", f"Kafka at {settings.kafka}", reason, hint, settings.hub_token
+            )
+        )
+    return render_prediction_counts(result, model_name or settings.model_name)
+
+
+# ------------------------------------------------------------------------------ display (notebook)
+
+
+def _display(markup: str) -> None:
+    from IPython.display import HTML, display
+
+    display(HTML(markup))
+
+
+def show_connection(settings: NotebookSettings | None = None, model_name: str | None = None) -> None:
+    _display(render_connection(settings or NotebookSettings.from_env(), model_name))
+
+
+def show_models(settings: NotebookSettings | None = None, model_name: str | None = None) -> None:
+    _display(section_models(settings or NotebookSettings.from_env(), model_name))
+
+
+def show_ab(settings: NotebookSettings | None = None, model_name: str | None = None) -> None:
+    _display(section_ab(settings or NotebookSettings.from_env(), model_name))
+
+
+def show_jobs(
+    settings: NotebookSettings | None = None, kind: str | None = None, limit: int = DEFAULT_JOBS_LIMIT
+) -> None:
+    _display(section_jobs(settings or NotebookSettings.from_env(), kind, limit))
+
+
+def show_prediction_counts(
+    settings: NotebookSettings | None = None,
+    window_s: float = DEFAULT_WINDOW_S,
+    model_name: str | None = None,
+) -> None:
+    _display(section_prediction_counts(settings or NotebookSettings.from_env(), window_s, model_name))
+
+
+def overview_html(
+    settings: NotebookSettings, model_name: str | None = None, window_s: float = DEFAULT_WINDOW_S
+) -> str:
+    """All four sections with headers, each failing on its own."""
+    parts = [
+        ("Model versions and labels", section_models(settings, model_name)),
+        ("A/B weights", section_ab(settings, model_name)),
+        ("Recent jobs", section_jobs(settings)),
+        ("Predictions per variant", section_prediction_counts(settings, window_s, model_name)),
+    ]
+    return "".join(f"<h3>{esc(title)}</h3>{body}" for title, body in parts)
+
+
+def show_overview(
+    settings: NotebookSettings | None = None,
+    model_name: str | None = None,
+    window_s: float = DEFAULT_WINDOW_S,
+) -> None:
+    _display(overview_html(settings or NotebookSettings.from_env(), model_name, window_s))
