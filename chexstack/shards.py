@@ -306,6 +306,12 @@ class SplitReader:
             labels[mask] = self._labels[k][local]
         return images, labels
 
+    def labels(self) -> np.ndarray:
+        """Every row's labels uint8 [n, 14] without touching an image (evaluation needs only these)."""
+        if not self._labels:
+            return np.zeros((0, NUM_LABELS), np.uint8)
+        return np.concatenate([np.asarray(labels) for labels in self._labels])
+
     def all(self) -> tuple[np.ndarray, np.ndarray]:
         """Every row as one in-memory copy (for small sets and evaluation)."""
         return self.take(np.arange(len(self)))

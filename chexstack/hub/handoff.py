@@ -86,6 +86,17 @@ def reload_config(serving: str, config: Any, timeout_s: float) -> str | None:
     return None
 
 
+class _Reload:
+    """`then` of modelsconfig.edit: ask serving to reload right after the write, under the lock."""
+
+    def __init__(self, serving: str, deadline: float) -> None:
+        self.serving, self.deadline = serving, deadline
+        self.why: str | None = "not attempted"
+
+    def __call__(self, config: Any) -> None:
+        self.why = reload_config(self.serving, config, self.deadline - time.monotonic())
+
+
 def wait_available(serving: str, model_name: str, version: int, deadline: float) -> None:
     from chexstack.serving_client import ServingError
 
@@ -122,11 +133,10 @@ def apply_label(
     config_file: Path, model_name: str, label: str, version: int, serving: str, deadline: float
 ) -> tuple[int | None, bool]:
     """Rewrite the label, ask serving to reload, wait for it; (previous version, applied by serving)."""
-    with modelsconfig.edit(config_file) as config:
+    reload = _Reload(serving, deadline)
+    with modelsconfig.edit(config_file, then=reload) as config:
         previous = modelsconfig.set_label(config, model_name, label, version)
-        snapshot = type(config)()
-        snapshot.CopyFrom(config)
-    why = reload_config(serving, snapshot, deadline - time.monotonic())
+    why = reload.why
     if why is not None:
         log.info("serving did not reload models.config over gRPC (%s); waiting for its file poll", why)
     return previous, wait_label(serving, model_name, label, version, deadline)
@@ -149,13 +159,12 @@ def handoff(
     """
     deadline = time.monotonic() + timeout_s
     try:
-        with modelsconfig.edit(config_file) as config:
+        reload = _Reload(serving, deadline)
+        with modelsconfig.edit(config_file, then=reload) as config:
             modelsconfig.add_specific_version(config, model_name, version)
-            snapshot = type(config)()
-            snapshot.CopyFrom(config)
     except modelsconfig.ModelsConfigError as exc:
         raise HandoffError(str(exc)) from exc
-    why = reload_config(serving, snapshot, deadline - time.monotonic())
+    why = reload.why
     if why is not None:
         log.info("serving did not reload models.config over gRPC (%s); waiting for its file poll", why)
     wait_available(serving, model_name, version, deadline)

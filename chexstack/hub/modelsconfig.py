@@ -12,7 +12,7 @@ from __future__ import annotations
 import fcntl
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -159,10 +159,12 @@ def write(path: Path, config: Any, header: str = "") -> None:
 
 
 @contextmanager
-def edit(path: Path) -> Iterator[Any]:
+def edit(path: Path, then: Callable[[Any], None] | None = None) -> Iterator[Any]:
     """`with edit(path) as config:` change the proto; it is written back (atomically) if it changed.
 
-    Holds an exclusive lock on `<path>.lock` from the read to the write.
+    Holds an exclusive lock on `<path>.lock` from the read to the write, and through `then(config)`,
+    which runs after the write (the hand-off asks serving to reload there, so two writers' reloads
+    reach serving in the order of their writes).
     """
     path = Path(path)
     lock_path = path.with_name(path.name + ".lock")
@@ -178,5 +180,7 @@ def edit(path: Path) -> Iterator[Any]:
         yield config
         if config.SerializeToString(deterministic=True) != before:
             write(path, config, _header(text))
+        if then is not None:
+            then(config)
     finally:
         lock.close()

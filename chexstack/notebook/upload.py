@@ -57,7 +57,9 @@ class UploadPanel:
         self._uploader: Uploader | None = None
         self._tracker = Tracker(settings.kafka, settings.topics)
 
-        self.picker = w.FileUpload(accept=ACCEPT, multiple=True, description="Upload X-rays")
+        self.picker = w.FileUpload(
+            accept=ACCEPT, multiple=True, description="Upload X-rays", layout=w.Layout(width="auto")
+        )
         self.patient = w.Text(
             placeholder="optional: applies to this batch, pseudonymised",
             description="Patient ID",

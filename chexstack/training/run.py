@@ -128,10 +128,17 @@ def _open_dataset(config: TrainConfig) -> Any:
 
 
 def _split(dataset: Any, name: str) -> Any | None:
+    """The split's reader, or None when the data set has no such split or it is empty.
+
+    A damaged shard is not "no split": it fails the job with the ShardError, which names the file."""
+    from chexstack.shards import ShardError, UnknownSplitError
+
     try:
         reader = dataset.split(name)
-    except (KeyError, ValueError):
+    except UnknownSplitError:
         return None
+    except ShardError as exc:
+        raise TrainError(f"the {name} split cannot be read: {exc}") from exc
     return reader if len(reader) else None
 
 
@@ -237,9 +244,9 @@ def run_training(
             state.state["optimizer_iterations"],
         )
 
-    val_images, val_labels = val.all()
-    n_samples = min(config.sample_images, len(val_labels))
-    samples = (np.asarray(val_images[:n_samples])[..., None], np.asarray(val_labels[:n_samples]))
+    val_labels = val.labels()
+    sample_images, sample_labels = val.take(np.arange(min(config.sample_images, len(val_labels))))
+    samples = (sample_images[..., None], sample_labels)
     train_data = ShardBatches(
         train, config.batch_size, training=True, seed=config.seed, epoch=initial_epoch,
         max_steps=config.max_steps_per_epoch, workers=config.workers,
@@ -270,7 +277,7 @@ def run_training(
     log.info("evaluating the best weights (epoch %s)", state.state.get("best_epoch"))
     eval_name = config.eval_split if _split(dataset, config.eval_split) is not None else "val"
     eval_reader = _split(dataset, eval_name) or val
-    _, eval_labels = eval_reader.all()
+    eval_labels = eval_reader.labels()
     scores = np.asarray(
         trainer.predict(ShardBatches(eval_reader, config.batch_size, training=False), verbose=0)
     )

@@ -99,3 +99,26 @@ def test_concurrent_edits_do_not_lose_updates(cfg: Path) -> None:
     config = modelsconfig.read(cfg)
     assert modelsconfig.policy_text(config, "chexnet") == "specific " + ",".join(map(str, range(1, 23)))
     assert not [p for p in os.listdir(cfg.parent) if p.endswith(".tmp")]
+
+
+def test_then_sees_the_written_file_in_write_order(cfg: Path) -> None:
+    """`then` runs after the write and under the lock: what it reports follows the writes' order."""
+    seen: list[tuple[int, str]] = []
+
+    def label(version: int) -> None:
+        def then(config: object) -> None:
+            on_disk = modelsconfig.labels(modelsconfig.read(cfg), "chexnet")["stable"]
+            seen.append((on_disk, str(modelsconfig.labels(config, "chexnet")["stable"])))
+
+        with modelsconfig.edit(cfg, then=then) as config:
+            modelsconfig.set_label(config, "chexnet", "stable", version)
+
+    threads = [threading.Thread(target=label, args=(v,)) for v in range(1, 13)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 12
+    assert all(str(disk) == pushed for disk, pushed in seen)  # each `then` saw its own write on disk
+    final = modelsconfig.labels(modelsconfig.read(cfg), "chexnet")["stable"]
+    assert str(final) == seen[-1][1]  # the last reload pushed is what the file holds

@@ -91,10 +91,12 @@ def test_take_all_and_label_counts(tmp_path: Path) -> None:
     all_images, all_labels = train.all()
     np.testing.assert_array_equal(all_labels, np.stack([s[3] for s in samples[:10]]))
     np.testing.assert_array_equal(all_images, np.stack([s[2] for s in samples[:10]]))
+    np.testing.assert_array_equal(train.labels(), all_labels)  # without reading an image
     np.testing.assert_array_equal(train.label_counts, np.stack([s[3] for s in samples[:10]]).sum(0))
     assert train.label_counts.dtype == np.int64
     assert train.index()[3] == ("img003.png", samples[3][1])
     empty_images, empty_labels = ds.split("test").all()
+    assert ds.split("test").labels().shape == (0, len(LABELS))
     assert empty_images.shape == (0, S, S) and empty_labels.shape == (0, len(LABELS))
     with pytest.raises(IndexError, match=r"index 10 out of range"):
         train.take(np.array([1, 10]))
@@ -182,3 +184,15 @@ def test_truncated_shard_is_reported(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[:-10])
     with pytest.raises(ShardError, match=r"train-00000.images.npy: not a readable .npy file"):
         ds.split("train")
+
+
+def test_training_tells_a_damaged_split_from_a_missing_one(tmp_path: Path) -> None:
+    from chexstack.training.run import TrainError, _split
+
+    ds = ShardedDataset.open(build(tmp_path, make_samples(13)).root)
+    assert _split(ds, "nonexistent") is None
+    assert _split(ds, "test") is None  # empty
+    path = tmp_path / "train-00000.labels.npy"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(TrainError, match=r"the train split cannot be read: .*train-00000.labels.npy"):
+        _split(ds, "train")
