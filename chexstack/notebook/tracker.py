@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from chexstack.messages import BadMessage, DeadLetter, Prediction, Preprocessed, decode
 from chexstack.topics import Topics
@@ -89,17 +89,22 @@ class Tracker:
         pending = set(image_ids)
         if not pending:
             return set()
-        consumer = self._consumer()
+        try:
+            consumer = self._consumer()
+            consumer.assign(start)
+        except KafkaException as exc:
+            raise TrackerError(f"cannot read Kafka at {self.bootstrap}: {exc}") from exc
         deadline = time.monotonic() + timeout_s
         try:
-            consumer.assign(start)
             while pending and time.monotonic() < deadline and not (stop is not None and stop.is_set()):
                 msg = consumer.poll(0.25)
                 if msg is None:
                     continue
                 err = msg.error()
                 if err is not None:
-                    if err.code() == KafkaError._PARTITION_EOF:
+                    # librdkafka reports broker hiccups (_TRANSPORT, _ALL_BROKERS_DOWN) here and
+                    # recovers by itself; only a fatal error ends the tracking.
+                    if err.code() == KafkaError._PARTITION_EOF or not err.fatal():
                         continue
                     raise TrackerError(f"reading {msg.topic()}: {err}")
                 key = msg.key()

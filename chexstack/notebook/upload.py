@@ -29,7 +29,7 @@ ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom"
 FINAL = frozenset({"predicted", "rejected", "timeout"})
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: the same image may be picked twice in one batch
 class FileState:
     name: str
     status: str = "uploading"
@@ -55,6 +55,8 @@ class UploadPanel:
         self._files: list[FileState] = []
         self._threads: list[threading.Thread] = []
         self._uploader: Uploader | None = None
+        self._card_widgets: dict[int, Any] = {}  # id(FileState) -> its HTML widget
+        self._card_cache: dict[int, tuple[tuple[object, ...], str]] = {}
         self._tracker = Tracker(settings.kafka, settings.topics)
 
         self.picker = w.FileUpload(
@@ -66,7 +68,13 @@ class UploadPanel:
             layout=w.Layout(width="420px"),
         )
         self.threshold = w.FloatSlider(
-            value=threshold, min=0.0, max=1.0, step=0.05, description="Threshold", readout_format=".2f"
+            value=threshold,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            description="Threshold",
+            readout_format=".2f",
+            continuous_update=False,  # re-render the cards once the slider is let go
         )
         self.message = w.HTML()
         self.batches = w.VBox()
@@ -106,9 +114,12 @@ class UploadPanel:
         if not picked:
             return
         items = [(str(f["name"]), (lambda d=bytes(f["content"]): d)) for f in picked]
-        # Clear the widget (its value holds every byte) so the same files can be picked again.
+        # Clear the widget (its value holds every byte) so the same files can be picked again, and the
+        # patient ID, which applies to this batch only.
         self.picker.value = ()
-        self._upload(items, self.patient.value)
+        patient_id = self.patient.value
+        self.patient.value = ""
+        self._upload(items, patient_id)
 
     def upload_paths(self, paths: Iterable[str | Path], patient_id: str | None = None) -> None:
         """Upload files from the server's disk (what the widget does with picked files)."""
@@ -165,72 +176,114 @@ class UploadPanel:
             return
         self.message.value = ""
         duplicates: list[FileState] = []
-        for state, (_, read) in zip(states, items, strict=True):
-            try:
-                data = read()
-                result = uploader.upload_bytes(data, state.name, patient_id or None)
-            except _ReadError as exc:
-                data, result = b"", IngestResult(state.name, None, str(exc))
+        try:
+            for state, (_, read) in zip(states, items, strict=True):
+                self._upload_one(uploader, state, read, patient_id, duplicates, bar)
+                label.value = _batch_text(states)
+                self._render()
+        finally:
+            # Whatever was uploaded is followed, even when a later file broke the loop.
             with self._lock:
-                if result.reason is not None:
-                    state.status, state.detail = "rejected", result.reason
-                    bar.value += 2
-                else:
-                    state.image_id = result.image_id
-                    state.status = "uploaded"
-                    state.detail = "already uploaded: looking up its prediction" if result.duplicate else ""
-                    state.data = data
-                    bar.value += 1
-                    if result.duplicate:
-                        duplicates.append(state)
-            label.value = _batch_text(states)
-            self._render()
-        thread = threading.Thread(
-            target=self._follow,
-            args=(states, duplicates, start, bar, label),
-            name=f"chexstack-batch-{batch}",
-            daemon=True,
-        )
+                for state in states:
+                    if state.status == "uploading":
+                        state.status, state.detail = "rejected", "not uploaded: the batch stopped early"
+                        bar.value = min(bar.max, bar.value + 2)
+            thread = threading.Thread(
+                target=self._follow,
+                args=(states, duplicates, start, bar, label),
+                name=f"chexstack-batch-{batch}",
+                daemon=True,
+            )
+            with self._lock:
+                self._threads.append(thread)
+            thread.start()
+
+    def _upload_one(
+        self,
+        uploader: Uploader,
+        state: FileState,
+        read: Callable[[], bytes],
+        patient_id: str | None,
+        duplicates: list[FileState],
+        bar: Any,
+    ) -> None:
+        try:
+            data = read()
+            result = uploader.upload_bytes(data, state.name, patient_id or None)
+        except _ReadError as exc:
+            data, result = b"", IngestResult(state.name, None, str(exc))
+        except OSError as exc:  # the blob store (disk full, permissions): its message names the path
+            data, result = b"", IngestResult(state.name, None, f"upload failed: {exc}")
+        except Exception as exc:  # one file's failure must not stop the batch
+            # Only the type: a decoder's message may quote header values, i.e. patient data.
+            data, result = b"", IngestResult(state.name, None, f"upload failed ({type(exc).__name__})")
         with self._lock:
-            self._threads.append(thread)
-        thread.start()
+            if result.reason is not None:
+                state.status, state.detail = "rejected", result.reason
+                bar.value = min(bar.max, bar.value + 2)
+            else:
+                state.image_id = result.image_id
+                state.status = "uploaded"
+                state.detail = "already uploaded: looking up its prediction" if result.duplicate else ""
+                state.data = data
+                bar.value = min(bar.max, bar.value + 1)
+                if result.duplicate:
+                    duplicates.append(state)
 
     # Following ---------------------------------------------------------------------------------
 
     def _follow(
         self, states: list[FileState], duplicates: list[FileState], start: Any, bar: Any, label: Any
     ) -> None:
+        """Runs in the batch's thread: every file ends predicted, rejected or timed out, whatever fails."""
         by_id: dict[str, list[FileState]] = {}
         for s in states:
             if s.image_id is not None and s.status not in FINAL:
                 by_id.setdefault(s.image_id, []).append(s)
-        fresh = {i for i, group in by_id.items() if not any(s in duplicates for s in group)}
+        # Followed through the topics unless every file of the image was a re-upload (then only its
+        # earlier prediction exists); the same new image picked twice is followed once, for both.
+        fresh = {i for i, group in by_id.items() if not all(s in duplicates for s in group)}
+        reuploaded = set(by_id) - fresh
 
         def on_event(event: Event) -> None:
             for s in by_id.get(event.image_id, []):
-                self._apply(s, event)
-                if event.kind != "preprocessed":
+                before = s.status
+                try:
+                    self._apply(s, event)
+                except Exception as exc:  # one bad card must not end the batch
+                    with self._lock:
+                        if event.kind != "preprocessed":
+                            s.status = "predicted" if event.kind == "predicted" else "rejected"
+                            s.prediction = event.prediction or s.prediction
+                            s.detail = f"{s.detail} (cannot show it: {type(exc).__name__})".strip()
+                if before not in FINAL and s.status in FINAL:
                     bar.value = min(bar.max, bar.value + 1)
             label.value = _batch_text(states)
             self._render()
 
+        why = (
+            f"no prediction within {self.wait_s:.0f} s: are the workers and serving running? "
+            "(`docker compose ps` in the workers and serving projects)"
+        )
         try:
             left = self._tracker.follow(fresh, start, on_event, timeout_s=self.wait_s)
-            dup_ids = {s.image_id for s in duplicates if s.image_id is not None}
-            left |= self._lookup_duplicates(dup_ids, on_event)
-        except TrackerError as exc:
+            left |= self._lookup_duplicates(reuploaded, on_event)
+        except Exception as exc:  # the thread must leave no file unfinished
             left = set(by_id)
-            self.message.value = f'<span style="color:#cf222e">{_escape(str(exc))}</span>'
+            why = (
+                f"tracking stopped: {exc}"
+                if isinstance(exc, TrackerError)
+                else (f"tracking stopped ({type(exc).__name__}: {exc})")
+            )
+            self.message.value = f'<span style="color:#cf222e">{_escape(why)}</span>'
         with self._lock:
             for image_id in left:
                 for s in by_id.get(image_id, []):
                     if s.status not in FINAL:
-                        s.status = "timeout"
-                        s.detail = (
-                            f"no prediction within {self.wait_s:.0f} s: are the workers and serving running? "
-                            "(`docker compose ps` in the workers and serving projects)"
-                        )
+                        s.status, s.detail = "timeout", why
                         bar.value = min(bar.max, bar.value + 1)
+            for s in states:
+                s.data = None  # the original bytes are not kept once the file is finished
         label.value = _batch_text(states)
         self._render()
 
@@ -256,23 +309,28 @@ class UploadPanel:
         if state.status in FINAL:
             return
         if event.kind == "preprocessed" and event.preprocessed is not None:
+            pixels = event.preprocessed.pixels()
             with self._lock:
-                state.pixels = event.preprocessed.pixels()
+                state.pixels = pixels
                 state.status = "preprocessed"
                 state.detail = f"{event.preprocessed.preprocess_ms:.0f} ms"
         elif event.kind == "predicted" and event.prediction is not None:
-            pixels = state.pixels if state.pixels is not None else _local_pixels(state.data)
-            explanation = self._explain(event.prediction, pixels) if pixels is not None else None
+            pred = event.prediction
+            shown = state.pixels if state.pixels is not None else _local_pixels(state.data)
             with self._lock:
-                state.pixels = pixels
-                state.prediction = event.prediction
-                state.explanation = explanation
+                state.pixels = shown
+                state.prediction = pred
                 state.status = "predicted"
                 state.detail = (
-                    f"{event.prediction.model_name} v{event.prediction.model_version} "
-                    f"({event.prediction.variant}), {event.prediction.latency.end_to_end_ms:.0f} ms"
+                    f"{pred.model_name} v{pred.model_version} ({pred.variant}), "
+                    f"{pred.latency.end_to_end_ms:.0f} ms"
                 )
                 state.data = None
+            if shown is not None:
+                self._render()  # the card now; its class activation map follows
+                explanation = self._explain(pred, shown)
+                with self._lock:
+                    state.explanation = explanation
         elif event.kind == "rejected":
             with self._lock:
                 state.status, state.detail, state.data = "rejected", event.reason or "rejected", None
@@ -289,11 +347,14 @@ class UploadPanel:
                 )
         except ServingError as exc:
             return cards.Explanation(unavailable=str(exc).split(": ", 1)[-1][:200])
+        except Exception as exc:  # the card stands without its map
+            return cards.Explanation(unavailable=f"{type(exc).__name__}: {exc}"[:200])
         return cards.Explanation(label=prediction.labels[top], cam=cams[0, :, :, top])
 
     # Showing -----------------------------------------------------------------------------------
 
     def _render(self) -> None:
+        """Status table and cards; a card's HTML (two PNGs) is made again only when it changes."""
         import ipywidgets as w
 
         with self._lock:
@@ -302,23 +363,48 @@ class UploadPanel:
             self.statuses.value = cards.status_table_html(
                 [cards.StatusRow(f.name, f.status, f.detail) for f in files]
             )
-            blocks = []
+            shown = []
             for f in files:
-                if f.status == "predicted" and f.prediction is not None and f.pixels is not None:
-                    blocks.append(cards.card_html(f.name, f.prediction, f.pixels, threshold, f.explanation))
-                elif f.status == "rejected":
-                    blocks.append(cards.rejected_html(f.name, f.detail))
-            current = [c.value for c in self.cards.children]
-            if current != blocks:
-                self.cards.children = tuple(w.HTML(b) for b in blocks)
+                html = self._card(f, threshold)
+                if html is None:
+                    continue
+                widget = self._card_widgets.get(id(f))
+                if widget is None:
+                    widget = self._card_widgets[id(f)] = w.HTML(html)
+                elif widget.value != html:
+                    widget.value = html
+                shown.append(widget)
+            if list(self.cards.children) != shown:
+                self.cards.children = tuple(shown)
+
+    def _card(self, f: FileState, threshold: float) -> str | None:
+        if f.status == "predicted" and f.prediction is not None and f.pixels is not None:
+            key: tuple[object, ...] = ("card", threshold, id(f.prediction), id(f.explanation))
+        elif f.status == "rejected":
+            key = ("rejected", f.detail)
+        else:
+            return None
+        cached = self._card_cache.get(id(f))
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        if key[0] == "card":
+            assert f.prediction is not None and f.pixels is not None
+            html = cards.card_html(f.name, f.prediction, f.pixels, threshold, f.explanation)
+        else:
+            html = cards.rejected_html(f.name, f.detail)
+        self._card_cache[id(f)] = (key, html)
+        return html
 
     def wait(self, timeout_s: float | None = None) -> UploadPanel:
-        """Block until every batch is finished (predicted, rejected or timed out)."""
-        deadline = time.monotonic() + (self.wait_s + 90.0 if timeout_s is None else timeout_s)
+        """Block until every batch is finished: each file predicted, rejected or timed out.
+
+        Without a timeout this returns when the batches' threads end, which they do by themselves
+        (each follows its files for at most wait_s, then marks the rest timed out)."""
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
             threads = list(self._threads)
         for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
+            t.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
         return self
 
     def report(self) -> str:

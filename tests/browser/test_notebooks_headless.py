@@ -209,6 +209,7 @@ def test_models_notebook_headless_shows_models_jobs_and_counts(scratch: Scratch)
     job_id = demo[0]["id"]
 
     nb = execute(scratch, "models_and_training.ipynb", {"MODEL_NAME": None, "PREDICTION_WINDOW_S": 3600})
+    assert hub_token() not in json.dumps(nb), "the hub token reached the notebook's outputs"
     markup = outputs(nb, "text/html")
     tables = Tables(markup).tables
     expected = {"chexstack-models", "chexstack-ab", "chexstack-jobs", "chexstack-prediction-counts"}

@@ -52,6 +52,8 @@ def test_panel_uploads_follows_and_shows_cards(
     dcm.write_bytes(make_dicom(render_radiograph(rng, [], size=256), patient_id="MRN-NOTEBOOK-77"))
     bad = tmp_path / "notes.png"
     bad.write_text("this is not an image")
+    twin = tmp_path / "twin.png"  # the same image picked twice in one batch
+    twin.write_bytes(png.read_bytes())
 
     settings = NotebookSettings(
         kafka=kafka, serving=server.grpc_target, store=str(store_dir), topic_prefix=topics["prefix"]
@@ -59,11 +61,12 @@ def test_panel_uploads_follows_and_shows_cards(
     with running_workers(env, tmp_path) as w:
         w.wait_assigned([w.start("preprocess"), w.start("route")])
         panel = UploadPanel(settings, threshold=0.5, wait_s=240)
-        panel.upload_paths([png, dcm, bad], patient_id="MRN-NOTEBOOK-77")
+        panel.upload_paths([png, dcm, bad, twin], patient_id="MRN-NOTEBOOK-77")
         assert statuses(panel.wait()) == {
             "chest.png": "predicted",
             "chest.dcm": "predicted",
             "notes.png": "rejected",
+            "twin.png": "predicted",
         }, panel.report()
 
         # The widget path: what JupyterLab's file picker sets, the same file again (a re-upload).
@@ -78,14 +81,14 @@ def test_panel_uploads_follows_and_shows_cards(
     cards_html = [c.value for c in panel.cards.children]
     cards = [h for h in cards_html if 'class="chexstack-card"' in h]
     rejected = [h for h in cards_html if 'class="chexstack-rejected"' in h]
-    assert len(cards) == 3 and len(rejected) == 1
+    assert len(cards) == 4 and len(rejected) == 1
     assert "notes.png" in rejected[0] and "rejected:" in rejected[0]
     for html in cards:
         assert "CAM: " in html and 'class="cx-cam"' in html  # the explain signature answered
         assert re.search(r"model chexnet v2 · variant latest · end-to-end \d+ ms", html), html[-500:]
         assert len(re.findall(r'class="cx-bar[ "]', html)) == 14
     assert "MRN-NOTEBOOK-77" not in "".join(cards_html) + panel.statuses.value
-    assert panel.statuses.value.count('data-status="predicted"') == 3
+    assert panel.statuses.value.count('data-status="predicted"') == 4
 
     # Nothing was processed twice: the re-upload found its earlier prediction.
     t = Topics(topics["prefix"])
