@@ -17,15 +17,16 @@ import numpy as np
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
+from chexstack.ab import choose_variant
 from chexstack.blobstore import open_store
 from chexstack.bus import make_producer, produce_sync
-from chexstack.deid import load_or_create_key
+from chexstack.deid import load_or_create_key, pseudonym
 from chexstack.ingest import Uploader
 from chexstack.messages import DeadLetter, Prediction, Uploaded, decode
 from chexstack.predictions import read_predictions
 from chexstack.synth import make_dicom, make_jpeg, make_png, render_radiograph
 from chexstack.topics import Topics
-from tests.integration.workers import running_workers
+from tests.integration.workers import Proc, running_workers
 
 pytestmark = pytest.mark.integration
 
@@ -209,11 +210,34 @@ def test_serving_stopped_and_restarted_mid_stream_loses_nothing(
     assert read_topic(kafka, t.dlq) == []
 
 
+def set_weights(env: dict[str, str], weights: dict[str, int]) -> None:
+    """Publish A/B weights for chexnet with the CLI, as an operator would."""
+    args = [f"{name}={weight}" for name, weight in weights.items()]
+    ab = subprocess.run(
+        [sys.executable, "-m", "chexstack", "ab", "set", "chexnet", *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ab.returncode == 0, ab.stderr
+
+
+def wait_weights_applied(router: Proc, weights: dict[str, int], timeout_s: float = 30) -> None:
+    """Wait for the router's log line saying it follows these weights: from then on it routes by them."""
+    line = f"A/B weights for chexnet: {weights}"
+    deadline = time.monotonic() + timeout_s
+    while line not in router.text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert line in router.text(), router.text()[-2000:]
+
+
 def test_ab_weights_change_live_and_stick_per_patient(
     kafka: str,
     topics: dict[str, str],
     pipeline_env: dict[str, str],
     uploader: Uploader,
+    store_dir: Path,
     serve_factory,
     model_base: Path,
     tmp_path: Path,  # type: ignore[no-untyped-def]
@@ -235,29 +259,28 @@ def test_ab_weights_change_live_and_stick_per_patient(
         ids = upload(uploader, make_uploads(3, seed=5))
         assert {(p.variant, p.model_version) for p in wait_predictions(kafka, t, ids)} == {("stable", 1)}
 
-        ab = subprocess.run(
-            [sys.executable, "-m", "chexstack", "ab", "set", "chexnet", "stable=0", "canary=100"],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert ab.returncode == 0, ab.stderr
-        deadline = time.monotonic() + 30
-        while "canary" not in procs[1].text() and time.monotonic() < deadline:
-            time.sleep(0.2)
+        set_weights(env, {"stable": 0, "canary": 100})
+        wait_weights_applied(procs[1], {"stable": 0, "canary": 100})
         ids = upload(uploader, make_uploads(3, seed=6))
         assert {(p.variant, p.model_version) for p in wait_predictions(kafka, t, ids)} == {("canary", 2)}
 
-        subprocess.run(
-            [sys.executable, "-m", "chexstack", "ab", "set", "chexnet", "stable=50", "canary=50"],
-            env={**os.environ, **env},
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        time.sleep(2)
-        # One patient, many images: all land on the same variant.
-        ids = upload(uploader, make_uploads(6, seed=7), patient_id="MRN-STICKY-1")
-        variants = {p.variant for p in wait_predictions(kafka, t, ids)}
-        assert len(variants) == 1 and variants <= {"stable", "canary"}
+        split = {"stable": 50, "canary": 50}
+        set_weights(env, split)
+        wait_weights_applied(procs[1], split)
+        # The router's sticky key is the patient's pseudonym: take the first patient the split sends
+        # to each variant, so stickiness is shown apart from "everything lands on one variant".
+        key = load_or_create_key(open_store(str(store_dir)), None)  # the uploader's key
+        patients: dict[str, str] = {}  # variant -> patient ID
+        for pid in (f"MRN-STICKY-{n}" for n in range(100)):
+            patients.setdefault(choose_variant(split, pseudonym(key, pid), "chexnet"), pid)
+        assert set(patients) == {"stable", "canary"}
+        expected = {(pseudonym(key, pid), variant) for variant, pid in patients.items()}
+        # Alternating, so both patients' images share the router's batches.
+        ids = []
+        for i, file in enumerate(make_uploads(8, seed=7)):
+            ids += upload(uploader, [file], patient_id=list(patients.values())[i % 2])
+        preds = wait_predictions(kafka, t, ids)
+        # Each patient's images all land on its one variant, and the two patients on different ones.
+        assert {(p.patient, p.variant) for p in preds} == expected
+        assert Counter(p.patient for p in preds) == Counter({patient: 4 for patient, _ in expected})
+        assert {(p.variant, p.model_version) for p in preds} == {("stable", 1), ("canary", 2)}
