@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import stat
@@ -41,6 +42,7 @@ def _dummy_value(vr: str) -> object:
         "FL": 1.0,
         "FD": 1.0,
         "UI": "1.2.3.4.5",
+        "UR": "https://example.org/DOE",
         "CS": "SECRET",
         "OB": b"\x01\x02",
         "SQ": Sequence([Dataset()]),
@@ -164,6 +166,266 @@ def test_every_table_attribute_is_acted_on(tag: int) -> None:
         assert ds[tag].value != original
     elif action == "U":
         assert str(ds[tag].value) == deid.replacement_uid(KEY, "1.2.3.4.5")
+
+
+# PS3.15 Annex E, Table E.1-1 (DICOM 2024b), the Basic Profile column, typed here from the standard
+# (not from deid.PROFILE) for the attributes an X-ray most often carries. chexstack applies the Basic
+# Profile with none of its options: no Retain UIDs (UIDs are replaced), no Retain Longitudinal
+# Temporal Information (dates and times go), no Retain Device Identity, Institution Identity or
+# Patient Characteristics, no Clean Descriptors, Structured Content or Graphics (removed, not
+# cleaned), no Retain Safe Private (every private tag goes) and no Clean Pixel Data (an image that
+# says it has burned-in annotation is refused). Hence the one code, 113100, that
+# test_de_identification_markers finds in DeidentificationMethodCodeSequence.
+STANDARD_BASIC_PROFILE: tuple[tuple[int, str, str], ...] = (
+    # Patient identity and characteristics
+    (0x00100010, "PatientName", "Z"),
+    (0x00100020, "PatientID", "Z/D"),
+    (0x00100021, "IssuerOfPatientID", "X"),
+    (0x00100030, "PatientBirthDate", "Z"),
+    (0x00100032, "PatientBirthTime", "X"),
+    (0x00100040, "PatientSex", "Z"),
+    (0x00101000, "OtherPatientIDs", "X"),
+    (0x00101001, "OtherPatientNames", "X"),
+    (0x00101002, "OtherPatientIDsSequence", "X"),
+    (0x00101005, "PatientBirthName", "X"),
+    (0x00101010, "PatientAge", "X"),
+    (0x00101020, "PatientSize", "X"),
+    (0x00101030, "PatientWeight", "X"),
+    (0x00101040, "PatientAddress", "X"),
+    (0x00101060, "PatientMotherBirthName", "X"),
+    (0x00101090, "MedicalRecordLocator", "X"),
+    (0x00102154, "PatientTelephoneNumbers", "X"),
+    (0x00102155, "PatientTelecomInformation", "X"),
+    (0x00102160, "EthnicGroup", "X"),
+    (0x00102180, "Occupation", "X"),
+    (0x00101080, "MilitaryRank", "X"),
+    (0x00101081, "BranchOfService", "X"),
+    (0x00102150, "CountryOfResidence", "X"),
+    (0x00102152, "RegionOfResidence", "X"),
+    (0x001021F0, "PatientReligiousPreference", "X"),
+    (0x00102203, "PatientSexNeutered", "X/Z"),
+    (0x001021C0, "PregnancyStatus", "X"),
+    (0x001021D0, "LastMenstrualDate", "X"),
+    (0x001021A0, "SmokingStatus", "X"),
+    (0x00102000, "MedicalAlerts", "X"),
+    (0x00102110, "Allergies", "X"),
+    (0x001021B0, "AdditionalPatientHistory", "X"),
+    (0x00104000, "PatientComments", "X"),
+    (0x00102297, "ResponsiblePerson", "X"),
+    (0x00081120, "ReferencedPatientSequence", "X"),
+    (0x00380004, "ReferencedPatientAliasSequence", "X"),
+    (0x00101100, "ReferencedPatientPhotoSequence", "X"),
+    (0x00100050, "PatientInsurancePlanCodeSequence", "X"),
+    # Visit and admission
+    (0x00380010, "AdmissionID", "X"),
+    (0x00380011, "IssuerOfAdmissionID", "X"),
+    (0x00380020, "AdmittingDate", "X"),
+    (0x00380021, "AdmittingTime", "X"),
+    (0x00380030, "DischargeDate", "X"),
+    (0x00380300, "CurrentPatientLocation", "X"),
+    (0x00380400, "PatientInstitutionResidence", "X"),
+    (0x00384000, "VisitComments", "X"),
+    # Dates and times
+    (0x00080020, "StudyDate", "Z"),
+    (0x00080030, "StudyTime", "Z"),
+    (0x00080021, "SeriesDate", "X/D"),
+    (0x00080031, "SeriesTime", "X/D"),
+    (0x00080022, "AcquisitionDate", "X/Z"),
+    (0x00080032, "AcquisitionTime", "X/Z"),
+    (0x0008002A, "AcquisitionDateTime", "X/Z/D"),
+    (0x00080023, "ContentDate", "Z/D"),
+    (0x00080033, "ContentTime", "Z/D"),
+    (0x00080012, "InstanceCreationDate", "X/D"),
+    (0x00080013, "InstanceCreationTime", "X/Z/D"),
+    (0x00080024, "OverlayDate", "X"),
+    (0x00080025, "CurveDate", "X"),
+    (0x00080201, "TimezoneOffsetFromUTC", "X"),
+    (0x00181200, "DateOfLastCalibration", "X"),
+    (0x00181201, "TimeOfLastCalibration", "X"),
+    (0x00181012, "DateOfSecondaryCapture", "X"),
+    (0x00181014, "TimeOfSecondaryCapture", "X"),
+    (0x00321040, "StudyArrivalDate", "X"),
+    (0x00321041, "StudyArrivalTime", "X"),
+    (0x00321050, "StudyCompletionDate", "X"),
+    (0x00400002, "ScheduledProcedureStepStartDate", "X"),
+    (0x00400244, "PerformedProcedureStepStartDate", "X"),
+    (0x00400245, "PerformedProcedureStepStartTime", "X"),
+    (0x00402004, "IssueDateOfImagingServiceRequest", "X"),
+    # UIDs
+    (0x00080018, "SOPInstanceUID", "U"),
+    (0x0020000D, "StudyInstanceUID", "U"),
+    (0x0020000E, "SeriesInstanceUID", "U"),
+    (0x00200052, "FrameOfReferenceUID", "U"),
+    (0x00020003, "MediaStorageSOPInstanceUID", "U"),
+    (0x00080014, "InstanceCreatorUID", "U"),
+    (0x00081155, "ReferencedSOPInstanceUID", "U"),
+    (0x00083010, "IrradiationEventUID", "U"),
+    (0x00080017, "AcquisitionUID", "U"),
+    (0x00181002, "DeviceUID", "U"),
+    (0x00209161, "ConcatenationUID", "U"),
+    (0x00209164, "DimensionOrganizationUID", "U"),
+    (0x00200200, "SynchronizationFrameOfReferenceUID", "U"),
+    (0x00880140, "StorageMediaFileSetUID", "U"),
+    (0x00081195, "TransactionUID", "U"),
+    (0x0040A124, "UID", "U"),
+    (0x0040A171, "ObservationUID", "U"),
+    (0x00080058, "FailedSOPInstanceUIDList", "U"),
+    (0x04000100, "DigitalSignatureUID", "U"),
+    (0x00081140, "ReferencedImageSequence", "X/Z/U*"),
+    (0x00082112, "SourceImageSequence", "X/Z/U*"),
+    # Institution, physicians, operators and stations
+    (0x00080080, "InstitutionName", "X/Z/D"),
+    (0x00080081, "InstitutionAddress", "X"),
+    (0x00080082, "InstitutionCodeSequence", "X/Z/D"),
+    (0x00081040, "InstitutionalDepartmentName", "X"),
+    (0x00080090, "ReferringPhysicianName", "Z"),
+    (0x00080092, "ReferringPhysicianAddress", "X"),
+    (0x00080094, "ReferringPhysicianTelephoneNumbers", "X"),
+    (0x00080096, "ReferringPhysicianIdentificationSequence", "X"),
+    (0x0008009C, "ConsultingPhysicianName", "Z"),
+    (0x00081048, "PhysiciansOfRecord", "X"),
+    (0x00081050, "PerformingPhysicianName", "X"),
+    (0x00081060, "NameOfPhysiciansReadingStudy", "X"),
+    (0x00081070, "OperatorsName", "X/Z/D"),
+    (0x00081072, "OperatorIdentificationSequence", "X/D"),
+    (0x00321032, "RequestingPhysician", "X"),
+    (0x00400006, "ScheduledPerformingPhysicianName", "X"),
+    (0x00404037, "HumanPerformerName", "X"),
+    (0x00402008, "OrderEnteredBy", "X"),
+    (0x00700084, "ContentCreatorName", "Z/D"),
+    (0x0040A075, "VerifyingObserverName", "D"),
+    (0x0040A027, "VerifyingOrganization", "D"),
+    (0x0040A123, "PersonName", "D"),
+    (0x00081010, "StationName", "X/Z/D"),
+    (0x00080055, "StationAETitle", "X"),
+    (0x00080054, "RetrieveAETitle", "X"),
+    (0x00081000, "NetworkID", "X"),
+    # Accession numbers and other identifiers
+    (0x00080050, "AccessionNumber", "Z"),
+    (0x00200010, "StudyID", "Z"),
+    (0x00320012, "StudyIDIssuer", "X"),
+    (0x00401001, "RequestedProcedureID", "X"),
+    (0x00400009, "ScheduledProcedureStepID", "X"),
+    (0x00400253, "PerformedProcedureStepID", "X"),
+    (0x00402016, "PlacerOrderNumberImagingServiceRequest", "Z"),
+    (0x00402017, "FillerOrderNumberImagingServiceRequest", "Z"),
+    (0x00120010, "ClinicalTrialSponsorName", "D"),
+    (0x00120040, "ClinicalTrialSubjectID", "D"),
+    # Devices
+    (0x00181000, "DeviceSerialNumber", "X/Z/D"),
+    (0x00181004, "PlateID", "X"),
+    (0x00181007, "CassetteID", "X"),
+    (0x00181005, "GeneratorID", "X"),
+    (0x00181008, "GantryID", "X"),
+    (0x0018700A, "DetectorID", "X/D"),
+    (0x00181009, "UniqueDeviceIdentifier", "X"),
+    (0x00189371, "XRayDetectorID", "D"),
+    (0x00500020, "DeviceDescription", "X"),
+    # Descriptions and free-text comments
+    (0x00081030, "StudyDescription", "X"),
+    (0x0008103E, "SeriesDescription", "X"),
+    (0x00181030, "ProtocolName", "X/D"),
+    (0x00204000, "ImageComments", "X"),
+    (0x00184000, "AcquisitionComments", "X"),
+    (0x00082111, "DerivationDescription", "X"),
+    (0x00321060, "RequestedProcedureDescription", "X/Z"),
+    (0x00400007, "ScheduledProcedureStepDescription", "X"),
+    (0x00400254, "PerformedProcedureStepDescription", "X"),
+    (0x00321030, "ReasonForStudy", "X"),
+    (0x00324000, "StudyComments", "X"),
+    (0x00401400, "RequestedProcedureComments", "X"),
+    (0x00402400, "ImagingServiceRequestComments", "X"),
+    (0x00400280, "CommentsOnThePerformedProcedureStep", "X"),
+    (0x00084000, "IdentifyingComments", "X"),
+    (0x00209158, "FrameComments", "X"),
+    (0x00284000, "ImagePresentationComments", "X"),
+    (0x00081080, "AdmittingDiagnosesDescription", "X"),
+    (0x00180010, "ContrastBolusAgent", "Z/D"),
+    (0x40004000, "TextComments", "X"),
+    (0x4008010B, "InterpretationText", "X"),
+    (0x40080300, "Impressions", "X"),
+    (0x40084000, "ResultsComments", "X"),
+    # Structured content, graphics, references and signatures
+    (0x0040A730, "ContentSequence", "D"),
+    (0x00700001, "GraphicAnnotationSequence", "D"),
+    (0x00400555, "AcquisitionContextSequence", "X/Z"),
+    (0x00880200, "IconImageSequence", "X"),
+    (0x00081110, "ReferencedStudySequence", "X/Z"),
+    (0x00081111, "ReferencedPerformedProcedureStepSequence", "X/Z/D"),
+    (0x00400275, "RequestAttributesSequence", "X"),
+    (0x04000561, "OriginalAttributesSequence", "X"),
+    (0x04000550, "ModifiedAttributesSequence", "X"),
+    (0xFFFAFFFA, "DigitalSignaturesSequence", "X"),
+    (0xFFFCFFFC, "DataSetTrailingPadding", "X"),
+)
+
+# What each Basic Profile action lets an implementation do (the table's legend): Z is a zero-length
+# value or a dummy; a combined action is the first unless IOD conformance needs a later one (any of
+# them is allowed here); U* keeps the sequence with the instance UIDs it holds replaced, which
+# chexstack does by applying the profile to the items of a sequence it keeps (K).
+PERMITTED: dict[str, set[str]] = {
+    "X": {"X"},
+    "Z": {"Z", "D"},
+    "D": {"D"},
+    "U": {"U"},
+    "X/Z": {"X", "Z"},
+    "X/D": {"X", "D"},
+    "Z/D": {"Z", "D"},
+    "X/Z/D": {"X", "Z", "D"},
+    "X/Z/U*": {"X", "Z", "K"},
+}
+_KEYWORDS = [keyword for _, keyword, _ in STANDARD_BASIC_PROFILE]
+
+
+def test_standard_table_keywords_match_the_dicom_dictionary() -> None:
+    for tag, keyword, action in STANDARD_BASIC_PROFILE:
+        assert keyword_for_tag(tag) == keyword, f"{tag:08X}"
+        assert action in PERMITTED, f"{keyword}: {action}"
+    assert len({tag for tag, _, _ in STANDARD_BASIC_PROFILE}) == len(STANDARD_BASIC_PROFILE)
+
+
+@pytest.mark.parametrize(("tag", "keyword", "action"), STANDARD_BASIC_PROFILE, ids=_KEYWORDS)
+def test_profile_action_is_one_the_standard_permits(tag: int, keyword: str, action: str) -> None:
+    assert deid.PROFILE.get(tag, "K") in PERMITTED[action], f"{keyword}: the standard says {action}"
+
+
+def _image_reference() -> Dataset:
+    item = Dataset()
+    item.ReferencedSOPClassUID = DigitalXRayImageStorageForPresentation
+    item.ReferencedSOPInstanceUID = SOP_UID
+    return item
+
+
+def _blank(value: object) -> bool:
+    return value is None or (isinstance(value, str | bytes | list) and len(value) == 0)
+
+
+@pytest.mark.parametrize(("tag", "keyword", "action"), STANDARD_BASIC_PROFILE, ids=_KEYWORDS)
+def test_deidentified_attribute_meets_the_standard(tag: int, keyword: str, action: str) -> None:
+    vr = dictionary_VR(tag).split(" or ")[0]
+    ds = make_dataset()
+    ds.add_new(tag, vr, Sequence([_image_reference()]) if action == "X/Z/U*" else _dummy_value(vr))
+    original = copy.deepcopy(ds[tag].value)
+    deid.deidentify(ds, KEY)
+    gone = tag not in ds
+    value = None if gone else ds[tag].value
+    # The original value never survives: a blank or a dummy differs from it (PatientName and
+    # PatientID hold the pseudonym, a dummy as far as the table is concerned).
+    replaced = not gone and value != original
+    if action == "X":
+        assert gone, value
+    elif action in ("Z", "D", "Z/D"):
+        assert replaced, value
+    elif action == "U":
+        assert not gone and str(value) == deid.replacement_uid(KEY, str(original)) != str(original)
+    elif action == "X/Z":
+        assert gone or _blank(value), value
+    elif action in ("X/D", "X/Z/D"):
+        assert gone or replaced, value
+    else:  # X/Z/U*: gone, empty, or kept with every referenced instance UID replaced
+        assert action == "X/Z/U*"
+        refs = [] if gone or _blank(value) else [item.ReferencedSOPInstanceUID for item in value]
+        assert all(uid == deid.replacement_uid(KEY, SOP_UID) for uid in refs), refs
 
 
 def test_listed_identifiers_are_gone() -> None:
