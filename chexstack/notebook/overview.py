@@ -8,7 +8,7 @@ fetched, so the rendering is unit-testable without the platform:
 - the A/B weights (`render_ab`, `chexstack-ab`);
 - recent jobs with a TensorBoard link for train jobs (`render_jobs`, `chexstack-jobs`);
 - predictions per model version and variant over a recent window, counted from xray.predictions
-  (`count_predictions`, `render_prediction_counts`, `chexstack-prediction-counts`).
+  (`chexstack.predictions.count_predictions`, `render_prediction_counts`, `chexstack-prediction-counts`).
 
 The `section_*` functions never raise: a hub or broker that cannot answer becomes a message in the
 output that says what was unreachable and why (class `chexstack-error`), so one failing section does
@@ -22,10 +22,7 @@ import html
 import logging
 import math
 import re
-import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Final
@@ -33,6 +30,7 @@ from urllib.parse import quote
 
 from chexstack.hub.client import HubClient, HubClientError
 from chexstack.notebook.env import NotebookSettings
+from chexstack.predictions import PredictionCounts, count_predictions
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (e.g. "Connect to ... failed") go to Python logging, not to the cell's
@@ -44,7 +42,6 @@ DEFAULT_WINDOW_S: Final = 3600
 DEFAULT_JOBS_LIMIT: Final = 15
 HUB_TIMEOUT_S: Final = 15.0
 KAFKA_TIMEOUT_S: Final = 30.0
-METADATA_TIMEOUT_S: Final = 5.0
 MAX_ERROR_CHARS: Final = 600
 DASH: Final = "\u2013"
 
@@ -319,118 +316,6 @@ def fetch_jobs(client: Any, kind: str | None = None, limit: int = DEFAULT_JOBS_L
 # ------------------------------------------------------------------------------------- predictions
 
 
-@dataclass(frozen=True)
-class PredictionCounts:
-    """Predictions in xray.predictions with a timestamp in [since_ms, until_ms), per model version and
-    variant. `complete` is False when the read stopped at its time limit before the end."""
-
-    topic: str
-    since_ms: int
-    until_ms: int
-    counts: dict[tuple[str, int, str], int] = field(default_factory=dict)
-    undecodable: int = 0
-    complete: bool = True
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
-def count_predictions(
-    bootstrap: str,
-    topic: str,
-    *,
-    window_s: float = DEFAULT_WINDOW_S,
-    now_ms: int | None = None,
-    timeout_s: float = KAFKA_TIMEOUT_S,
-) -> PredictionCounts:
-    """Count the predictions of the last `window_s` seconds, per (model, version, variant).
-
-    Each partition is read from the first offset at or after now - window (`offsets_for_times`) up to
-    its end as it was when called (the watermarks are taken first), so the read is bounded; messages
-    whose own timestamp is older than the window are skipped. Committed messages only, as the
-    services see them; a throwaway consumer group that commits nothing. Raises RuntimeError when the
-    broker or the topic is not there.
-    """
-    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-
-    from chexstack.messages import BadMessage, Prediction, decode
-
-    until_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    since_ms = until_ms - int(window_s * 1000)
-    deadline = time.monotonic() + timeout_s
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"chexstack-overview-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "logger": _kafka_log,
-        }
-    )
-    counts: dict[tuple[str, int, str], int] = {}
-    undecodable = 0
-    try:
-        step = max(1.0, min(METADATA_TIMEOUT_S, timeout_s / 3))  # per metadata/offsets request
-        try:
-            md = consumer.list_topics(topic, timeout=step)
-        except KafkaException as exc:
-            raise RuntimeError(f"no answer from Kafka at {bootstrap}: {exc}") from exc
-        info = md.topics.get(topic)
-        if info is None or info.error is not None:
-            reason = f" ({info.error})" if info is not None and info.error is not None else ""
-            raise RuntimeError(f"topic {topic} does not exist on {bootstrap}{reason}")
-        parts = sorted(info.partitions)
-        try:
-            ends = {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=step)[1] for p in parts
-            }
-            found = consumer.offsets_for_times(
-                [TopicPartition(topic, p, since_ms) for p in parts], timeout=step
-            )
-        except KafkaException as exc:
-            raise RuntimeError(f"cannot read the offsets of {topic} from {bootstrap}: {exc}") from exc
-        starts = {tp.partition: tp.offset for tp in found}
-        # offsets_for_times answers -1 (the end) where no message is that recent.
-        pending = {p for p in parts if 0 <= starts.get(p, -1) < ends[p]}
-        if pending:
-            consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(pending)])
-        while pending and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            p = msg.partition() or 0
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(p)
-                    continue
-                raise RuntimeError(f"reading {topic} from {bootstrap}: {err}")
-            if p not in pending:
-                continue
-            offset = msg.offset() or 0
-            if offset >= ends[p]:  # arrived after the call began
-                pending.discard(p)
-                continue
-            if offset + 1 >= ends[p]:
-                pending.discard(p)
-            ts_type, ts = msg.timestamp()
-            if ts_type != 0 and ts < since_ms:  # 0: TIMESTAMP_NOT_AVAILABLE
-                continue
-            try:
-                pred = decode(Prediction, msg.value())
-            except BadMessage:
-                undecodable += 1
-                continue
-            key = (pred.model_name, pred.model_version, pred.variant)
-            counts[key] = counts.get(key, 0) + 1
-        return PredictionCounts(topic, since_ms, until_ms, counts, undecodable, complete=not pending)
-    finally:
-        consumer.close()
-
-
 def render_prediction_counts(result: PredictionCounts, model_name: str | None = None) -> str:
     """Per model, version and variant: the number of predictions and its share of the model's."""
     per_model: dict[str, int] = {}
@@ -541,7 +426,9 @@ def section_prediction_counts(
 ) -> str:
     topic = settings.topics.predictions
     try:
-        result = count_predictions(settings.kafka, topic, window_s=window_s, timeout_s=timeout_s)
+        result = count_predictions(
+            settings.kafka, topic, window_s=window_s, timeout_s=timeout_s, logger=_kafka_log
+        )
     except Exception as exc:  # shown, never raised
         log.debug("counting predictions in %s failed", topic, exc_info=True)
         hint = "Is Kafka running, and are CHEXSTACK_KAFKA and CHEXSTACK_TOPIC_PREFIX right?"
