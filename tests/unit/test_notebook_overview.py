@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from markupsafe import escape
 
 from chexstack.hub.client import HubClientError
 from chexstack.notebook import overview
@@ -19,7 +20,7 @@ from tests.conftest import free_port
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "models_and_training.ipynb"
 EVIL = '<script>alert("x")</script>&'
-ESCAPED = html.escape(EVIL, quote=True)
+ESCAPED = str(escape(EVIL))  # as the templates' autoescape writes it (quotes too)
 TB = "http://tb.example:6006"
 
 
