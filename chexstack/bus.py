@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -19,6 +19,7 @@ from confluent_kafka import (
 )
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 
 class PublishError(RuntimeError):
@@ -91,6 +92,11 @@ def raise_on_error(msg: Message) -> None:
 # ------------------------------------------------------------------------------------------- readers
 
 
+_NO_LEADER_YET = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+)
+
+
 class ReadError(RuntimeError):
     """A topic cannot be read: the broker does not answer, the topic is missing, or a fatal error."""
 
@@ -158,15 +164,31 @@ class TopicReader:
             out += [TopicPartition(name, p) for p in sorted(info.partitions)]
         return out
 
+    def _ask(self, request: Callable[[float], _T], deadline: float) -> _T:
+        """One offsets request (given the seconds left), retried until `deadline` while a partition has
+        no leader yet, as a topic created a moment ago may not."""
+        while True:
+            try:
+                return request(max(0.1, deadline - time.monotonic()))
+            except KafkaException as exc:
+                if exc.args[0].code() not in _NO_LEADER_YET or time.monotonic() >= deadline:
+                    names = ", ".join(self.names)
+                    raise ReadError(
+                        f"cannot read the offsets of {names} from {self.bootstrap}: {exc}"
+                    ) from exc
+            time.sleep(0.2)
+
     def _watermarks(self) -> dict[tuple[str, int], tuple[int, int]]:
-        try:
-            return {
-                (tp.topic, tp.partition): self._consumer.get_watermark_offsets(tp, timeout=self.timeout_s)
-                for tp in self.partitions
-            }
-        except KafkaException as exc:
-            names = ", ".join(self.names)
-            raise ReadError(f"cannot read the offsets of {names} from {self.bootstrap}: {exc}") from exc
+        deadline = time.monotonic() + self.timeout_s
+        marks: dict[tuple[str, int], tuple[int, int]] = {}
+        for tp in self.partitions:
+
+            def request(left: float, tp: TopicPartition = tp) -> tuple[int, int]:
+                low, high = self._consumer.get_watermark_offsets(tp, timeout=left)
+                return int(low), int(high)
+
+            marks[tp.topic, tp.partition] = self._ask(request, deadline)
+        return marks
 
     def end_offsets(self) -> list[TopicPartition]:
         """Every partition at its end now (the high watermark): what a later read starts from."""
@@ -177,16 +199,12 @@ class TopicReader:
 
     def offsets_at(self, timestamp_ms: int) -> list[TopicPartition]:
         """Per partition, the first offset whose timestamp is at or after `timestamp_ms` (-1: none)."""
-        try:
-            return list(
-                self._consumer.offsets_for_times(
-                    [TopicPartition(tp.topic, tp.partition, timestamp_ms) for tp in self.partitions],
-                    timeout=self.timeout_s,
-                )
-            )
-        except KafkaException as exc:
-            names = ", ".join(self.names)
-            raise ReadError(f"cannot read the offsets of {names} from {self.bootstrap}: {exc}") from exc
+        wanted = [TopicPartition(tp.topic, tp.partition, timestamp_ms) for tp in self.partitions]
+        found = self._ask(
+            lambda left: self._consumer.offsets_for_times(wanted, timeout=left),
+            time.monotonic() + self.timeout_s,
+        )
+        return list(found)
 
     def start(self, positions: Sequence[TopicPartition] | None = None) -> None:
         """Read from `positions` (default: every partition from its beginning); the end is fixed now.
