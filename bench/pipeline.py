@@ -32,6 +32,7 @@ from chexstack.broker import Broker  # noqa: E402
 from chexstack.deid import load_or_create_key  # noqa: E402
 from chexstack.ingest import Uploader  # noqa: E402
 from chexstack.predictions import read_predictions  # noqa: E402
+from chexstack.settings import Limits  # noqa: E402
 from chexstack.synth import make_png, render_radiograph  # noqa: E402
 from chexstack.topics import Topics, ensure_topics  # noqa: E402
 from chexstack.transform import preprocess_bytes  # noqa: E402
@@ -156,7 +157,11 @@ def main() -> None:
 
         store = open_store(str(work / "blobs"))
         uploader = Uploader(
-            bootstrap=broker.bootstrap, store=store, key=load_or_create_key(store, None), topics=topics
+            bootstrap=broker.bootstrap,
+            store=store,
+            key=load_or_create_key(store, None),
+            limits=Limits(max_bytes=64 * 1024 * 1024, max_pixels=60_000_000),
+            topics=topics,
         )
         # Throughput: a backlog of uploads, then the workers drain it.
         ids = []

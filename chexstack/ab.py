@@ -5,11 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-import uuid
+import time
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
-from chexstack.bus import make_producer, produce_sync
+from chexstack.bus import ReadError, TopicMissing, TopicReader, make_producer, produce_sync
 from chexstack.messages import AbConfig, BadMessage, decode
 
 log = logging.getLogger(__name__)
@@ -76,23 +74,16 @@ class ControlFollower:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        # No group: every router reads the whole compacted topic itself.
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"chexstack-control-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": True,
-            }
-        )
-        md = self._consumer.list_topics(control_topic, timeout=10)
-        parts = md.topics[control_topic].partitions if control_topic in md.topics else {}
-        if not parts:
-            raise RuntimeError(f"control topic {control_topic} does not exist (run `chexstack kafka topics`)")
-        self._consumer.assign([TopicPartition(control_topic, p, 0) for p in parts])  # 0 = from the start
-        self._eof: set[int] = set()
-        self._parts = set(parts)
+        # A reader, not a group member: every router reads the whole compacted topic itself.
+        try:
+            self._reader = TopicReader(bootstrap, control_topic, purpose="control")
+        except TopicMissing as exc:
+            raise TopicMissing(f"control {exc} (run `chexstack kafka topics`)") from exc
+        try:
+            self._reader.start()
+        except BaseException:
+            self._reader.close()
+            raise
 
     @property
     def weights(self) -> dict[str, int]:
@@ -100,15 +91,8 @@ class ControlFollower:
             return dict(self.config.weights) if self.config else dict(self._default)
 
     def _poll_once(self, timeout: float) -> None:
-        msg = self._consumer.poll(timeout)
+        msg = self._reader.poll(timeout)
         if msg is None:
-            return
-        err = msg.error()
-        if err is not None:
-            if err.code() == KafkaError._PARTITION_EOF:
-                self._eof.add(msg.partition() or 0)
-            else:
-                log.warning("control topic: %s", err)
             return
         if (msg.key() or b"").decode(errors="replace") != AbConfig.key_for(self.model_name):
             return
@@ -128,10 +112,9 @@ class ControlFollower:
             log.info("A/B weights for %s: %s", self.model_name, cfg.weights or LATEST)
 
     def catch_up(self, timeout_s: float) -> None:
-        import time
-
+        """Read the topic up to its end as it was when the follower started, for at most `timeout_s`."""
         deadline = time.monotonic() + timeout_s
-        while self._eof != self._parts and time.monotonic() < deadline:
+        while not self._reader.at_end and time.monotonic() < deadline:
             self._poll_once(0.2)
 
     def start(self) -> None:
@@ -140,11 +123,14 @@ class ControlFollower:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            self._poll_once(0.5)
+        try:
+            while not self._stop.is_set():
+                self._poll_once(0.5)
+        except ReadError as exc:  # a fatal consumer error: the weights stay as they are
+            log.error("control topic: stopped following %s: %s", self.topic, exc)
 
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
-        self._consumer.close()
+        self._reader.close()

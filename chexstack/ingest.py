@@ -30,6 +30,11 @@ class KafkaUnavailable(RuntimeError):
     """The brokers cannot be reached (or lack the topic); str(exc) names the bootstrap servers."""
 
 
+class UnreadableFile(ValueError):
+    """A file to upload is not a regular file, is over the size limit, or cannot be read; str(exc) says
+    which (without the path: the caller knows it)."""
+
+
 @dataclass(frozen=True)
 class IngestResult:
     """The outcome for one file: an image_id, or the reason it was rejected."""
@@ -53,7 +58,7 @@ class Uploader:
         bootstrap: str,
         store: BlobStore,
         key: bytes,
-        limits: Limits = Limits(),
+        limits: Limits,
         topics: Topics = Topics(),
         publish_timeout_s: float = PUBLISH_TIMEOUT_S,
     ) -> None:
@@ -85,24 +90,32 @@ class Uploader:
                 "create it with `chexstack kafka topics` (and the same --topic-prefix)"
             )
 
-    def upload_path(self, path: Path, patient_id: str | None = None) -> IngestResult:
-        """Upload one file; its size is checked with stat before a byte is read."""
-        name = str(path)
+    def read_path(self, path: Path) -> bytes:
+        """The bytes of a file to upload; its size is checked with stat before a byte is read.
+
+        Raises UnreadableFile: not a regular file, over limits.max_bytes, or unreadable.
+        """
         try:
             st = path.stat()
             if not path.is_file():
-                return IngestResult(name, None, "not a file")
+                raise UnreadableFile("not a file")
             if st.st_size > self.limits.max_bytes:
-                return IngestResult(
-                    name, None, f"file is {st.st_size} bytes, over the limit of {self.limits.max_bytes}"
-                )
+                raise UnreadableFile(f"file is {st.st_size} bytes, over the limit of {self.limits.max_bytes}")
             with path.open("rb") as f:
-                # One byte past the limit: a file that grew since stat() is still caught.
-                data = f.read(self.limits.max_bytes + 1)
+                # One byte past the limit: a file that grew since stat() is still caught (by decode).
+                return f.read(self.limits.max_bytes + 1)
         except FileNotFoundError:
-            return IngestResult(name, None, "not a file")
+            raise UnreadableFile("not a file") from None
         except OSError as exc:
-            return IngestResult(name, None, f"cannot read: {exc.strerror or exc}")
+            raise UnreadableFile(f"cannot read: {exc.strerror or exc}") from exc
+
+    def upload_path(self, path: Path, patient_id: str | None = None) -> IngestResult:
+        """Upload one file (read with `read_path`)."""
+        name = str(path)
+        try:
+            data = self.read_path(path)
+        except UnreadableFile as exc:
+            return IngestResult(name, None, str(exc))
         return self.upload_bytes(data, name, patient_id)
 
     def upload_bytes(self, data: bytes, name: str, patient_id: str | None = None) -> IngestResult:

@@ -1,14 +1,16 @@
-"""Reading xray.predictions: by image id, to the end of the topic, or following it."""
+"""Reading xray.predictions: by image id, to the end of the topic, following it, or counting a window."""
 
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
-
+from chexstack.bus import TopicReader
 from chexstack.messages import BadMessage, Prediction, decode
+
+METADATA_TIMEOUT_S = 5.0
 
 
 def read_predictions(
@@ -26,43 +28,10 @@ def read_predictions(
     """
     wanted = set(image_ids)
     seen: set[str] = set()
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"chexstack-predictions-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-        }
-    )
-    try:
-        md = consumer.list_topics(topic, timeout=10)
-        if topic not in md.topics or md.topics[topic].error is not None:
-            raise RuntimeError(f"topic {topic} does not exist on {bootstrap}")
-        parts = sorted(md.topics[topic].partitions)
-        consumer.assign([TopicPartition(topic, p, 0) for p in parts])
-        # Where "the end" is: the high watermark of each partition right now.
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in parts}
-        at_end: set[int] = {p for p, hi in ends.items() if hi == 0}
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while True:
-            if wanted and wanted <= seen:
-                return
-            if not follow and not wanted and at_end >= set(parts):
-                return
-            if deadline is not None and time.monotonic() >= deadline:
-                return
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    at_end.add(msg.partition() or 0)
-                    continue
-                raise RuntimeError(f"reading {topic}: {err}")
-            if (msg.offset() or 0) + 1 >= ends.get(msg.partition() or 0, 0):
-                at_end.add(msg.partition() or 0)
+    with TopicReader(bootstrap, topic, purpose="predictions") as reader:
+        reader.start()
+        # Waiting for image ids reads on past the end: their predictions may not be written yet.
+        for msg in reader.messages(follow=follow or bool(wanted), timeout_s=timeout_s):
             try:
                 pred = decode(Prediction, msg.value())
             except BadMessage:
@@ -71,5 +40,60 @@ def read_predictions(
                 continue
             seen.add(pred.image_id)
             yield pred
-    finally:
-        consumer.close()
+            if wanted and wanted <= seen:
+                return
+
+
+@dataclass(frozen=True)
+class PredictionCounts:
+    """Predictions in xray.predictions with a timestamp in [since_ms, until_ms), per model version and
+    variant. `complete` is False when the read stopped at its time limit before the end."""
+
+    topic: str
+    since_ms: int
+    until_ms: int
+    counts: dict[tuple[str, int, str], int] = field(default_factory=dict)
+    undecodable: int = 0
+    complete: bool = True
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def count_predictions(
+    bootstrap: str,
+    topic: str,
+    *,
+    window_s: float,
+    timeout_s: float,
+    now_ms: int | None = None,
+    **kafka: Any,
+) -> PredictionCounts:
+    """Count the predictions of the last `window_s` seconds, per (model, version, variant).
+
+    Each partition is read from the first offset at or after now - window (`offsets_for_times`) up to
+    its end as it was when called, so the read is bounded; messages whose own timestamp is older than
+    the window are skipped. `timeout_s` bounds the whole call. `kafka` are extra consumer settings
+    (e.g. a logger). Raises bus.ReadError when the broker or the topic is not there.
+    """
+    until_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    since_ms = until_ms - int(window_s * 1000)
+    deadline = time.monotonic() + timeout_s
+    step = max(1.0, min(METADATA_TIMEOUT_S, timeout_s / 3))  # per metadata or offsets request
+    counts: dict[tuple[str, int, str], int] = {}
+    undecodable = 0
+    with TopicReader(bootstrap, topic, purpose="overview", timeout_s=step, **kafka) as reader:
+        reader.start(reader.offsets_at(since_ms))
+        for msg in reader.messages(timeout_s=max(0.0, deadline - time.monotonic())):
+            ts_type, ts = msg.timestamp()
+            if ts_type != 0 and ts < since_ms:  # 0: TIMESTAMP_NOT_AVAILABLE
+                continue
+            try:
+                pred = decode(Prediction, msg.value())
+            except BadMessage:
+                undecodable += 1
+                continue
+            key = (pred.model_name, pred.model_version, pred.variant)
+            counts[key] = counts.get(key, 0) + 1
+        return PredictionCounts(topic, since_ms, until_ms, counts, undecodable, complete=reader.at_end)

@@ -17,16 +17,15 @@ Kafka unreachable), 500. With a token set every request but /healthz needs `Auth
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import re
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from chexstack.httpjson import HttpError, JsonHandler, JsonServer
 from chexstack.hub.service import Conflict, Service, ServiceError
 
 log = logging.getLogger(__name__)
@@ -117,9 +116,7 @@ def _routes(service: Service, reruns: bool = True) -> list[tuple[str, re.Pattern
     return [(m, re.compile(p + "/?"), h) for m, p, h in routes]
 
 
-class HubServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class HubServer(JsonServer):
     def __init__(
         self, address: tuple[str, int], service: Service, token: str | None, reruns: bool = True
     ) -> None:
@@ -128,29 +125,20 @@ class HubServer(ThreadingHTTPServer):
         self.routes = _routes(service, reruns)
         super().__init__(address, _RequestHandler)
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
 
-
-class _RequestHandler(BaseHTTPRequestHandler):
+class _RequestHandler(JsonHandler):
     server: HubServer
-    protocol_version = "HTTP/1.1"
+    max_body_bytes = MAX_BODY
+    body_too_large_status = HTTPStatus.BAD_REQUEST
+    # One request per connection: an unread body (e.g. after a 401) can never confuse the next one.
+    keep_alive = False
+    access_log = log
+    access_level = logging.INFO
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.info("%s %s", self.address_string(), format % args)
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body, sort_keys=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        # One request per connection: an unread body (e.g. after a 401) can never confuse the next one.
-        self.send_header("Connection", "close")
-        self.close_connection = True
-        self.end_headers()
-        self.wfile.write(data)
+    def error_reply(self, exc: Exception) -> tuple[int, str]:
+        if isinstance(exc, ServiceError):
+            return exc.status, str(exc)
+        return super().error_reply(exc)  # the API answers; the details go to its log
 
     def _authorized(self) -> bool:
         token = self.server.token
@@ -159,65 +147,36 @@ class _RequestHandler(BaseHTTPRequestHandler):
         scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
 
-    def _body(self) -> dict[str, Any]:
-        text = (self.headers.get("Content-Length") or "0").strip()
-        if not text.isdigit():  # a negative length would make read() wait for the connection to close
-            raise BadRequest(f"bad Content-Length {text!r}")
-        length = int(text)
-        if length > MAX_BODY:
-            raise BadRequest(f"request body over {MAX_BODY} bytes")
-        raw = self.rfile.read(length) if length else b""
-        if not raw.strip():
-            return {}
-        try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequest(f"request body is not JSON: {exc}") from exc
-        if not isinstance(body, dict):
-            raise BadRequest("request body must be a JSON object")
-        return body
-
     def _handle(self, method: str) -> None:
         url = urlsplit(self.path)
-        try:
-            if method == "GET" and url.path.rstrip("/") == "/healthz":
-                self._send(200, {"status": "ok"})
-                return
-            if not self._authorized():
-                self._send(HTTPStatus.UNAUTHORIZED, {"error": "missing or wrong bearer token"})
-                return
-            allowed = []
-            for route_method, pattern, handler in self.server.routes:
-                match = pattern.fullmatch(url.path)
-                if match is None:
-                    continue
-                if route_method != method:
-                    allowed.append(route_method)
-                    continue
-                status, body = handler(_Request(match, parse_qs(url.query), self._body()))
-                self._send(status, body)
-                return
-            if allowed:
-                self._send(
-                    HTTPStatus.METHOD_NOT_ALLOWED,
-                    {"error": f"{method} not allowed; use {', '.join(allowed)}"},
-                )
-            else:
-                self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint: {url.path}"})
-        except ServiceError as exc:
-            self._send(exc.status, {"error": str(exc)})
-        except Exception as exc:  # the API answers; the details go to its log
-            log.exception("%s %s failed", method, self.path)
-            self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"{type(exc).__name__}: {exc}"})
+        if method == "GET" and url.path.rstrip("/") == "/healthz":
+            self.reply_json(200, {"status": "ok"})
+            return
+        if not self._authorized():
+            raise HttpError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+        allowed = []
+        for route_method, pattern, handler in self.server.routes:
+            match = pattern.fullmatch(url.path)
+            if match is None:
+                continue
+            if route_method != method:
+                allowed.append(route_method)
+                continue
+            status, body = handler(_Request(match, parse_qs(url.query), self.read_json_object()))
+            self.reply_json(status, body)
+            return
+        if allowed:
+            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed; use {', '.join(allowed)}")
+        raise HttpError(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}")
 
     def do_GET(self) -> None:
-        self._handle("GET")
+        self.dispatch(lambda: self._handle("GET"))
 
     def do_POST(self) -> None:
-        self._handle("POST")
+        self.dispatch(lambda: self._handle("POST"))
 
     def do_PUT(self) -> None:
-        self._handle("PUT")
+        self.dispatch(lambda: self._handle("PUT"))
 
 
 def make_server(
@@ -231,6 +190,4 @@ def make_server(
 
 
 def serve_in_thread(server: HubServer) -> threading.Thread:
-    thread = threading.Thread(target=server.serve_forever, name="hub-api", daemon=True)
-    thread.start()
-    return thread
+    return server.serve_in_thread("hub-api")

@@ -1,13 +1,13 @@
 """Result cards as HTML: pure functions of a prediction and its pixels, so they are unit-tested.
 
 No plotting library: the bar chart is CSS, the thumbnail and the class activation map overlay are
-PNGs made with Pillow and inlined as data URIs. Every value that comes from data is HTML-escaped.
+PNGs made with Pillow and inlined as data URIs. The HTML comes from the Jinja2 templates in
+templates/cards with autoescape on, so every value that comes from data is escaped.
 """
 
 from __future__ import annotations
 
 import base64
-import html
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,31 +18,10 @@ from PIL import Image
 
 from chexstack.labels import LABELS
 from chexstack.messages import Prediction
+from chexstack.notebook.templating import render
 
 THUMBNAIL_PX: Final = 192
-STYLE: Final = """
-<style>
-.chexstack-card, .chexstack-rejected {border:1px solid #d0d7de; border-radius:6px; padding:8px 10px;
-  margin:6px 0; font-family:system-ui, sans-serif; font-size:12px; max-width:760px}
-.chexstack-rejected {border-color:#cf222e; background:#fff5f5}
-.chexstack-card .cx-row {display:flex; gap:12px; align-items:flex-start; flex-wrap:wrap}
-.chexstack-card figure {margin:0; text-align:center}
-.chexstack-card figcaption {color:#57606a}
-.chexstack-card .cx-bars {flex:1; min-width:260px}
-.chexstack-card .cx-bar {display:flex; align-items:center; gap:6px; line-height:15px}
-.chexstack-card .cx-bar .cx-name {width:130px; text-align:right}
-.chexstack-card .cx-bar .cx-track {flex:1; background:#eaeef2; height:10px; position:relative}
-.chexstack-card .cx-bar .cx-fill {background:#8c959f; height:10px}
-.chexstack-card .cx-bar.cx-over .cx-fill {background:#cf222e}
-.chexstack-card .cx-bar.cx-over .cx-name {font-weight:bold}
-.chexstack-card .cx-threshold {position:absolute; top:-2px; bottom:-2px; border-left:1px dashed #24292f}
-.chexstack-card .cx-meta {color:#57606a; margin-top:4px}
-.chexstack-statuses td {padding:1px 8px; font-family:system-ui, sans-serif; font-size:12px}
-.chexstack-status[data-status=predicted] .cx-state {color:#1a7f37}
-.chexstack-status[data-status=rejected] .cx-state, .chexstack-status[data-status=timeout] .cx-state
-  {color:#cf222e}
-</style>
-"""
+STYLE: Final = render("cards/style.html.j2")
 
 
 @dataclass(frozen=True)
@@ -101,17 +80,8 @@ def findings(prediction: Prediction, threshold: float) -> list[tuple[str, float]
 
 
 def bar_chart_html(probabilities: Sequence[float], threshold: float, labels: Sequence[str] = LABELS) -> str:
-    rows = []
-    mark = f'<div class="cx-threshold" style="left:{threshold * 100:.1f}%"></div>'
-    for label, p in zip(labels, probabilities, strict=True):
-        cls = "cx-bar cx-over" if p >= threshold else "cx-bar"
-        rows.append(
-            f'<div class="{cls}" data-label="{html.escape(label)}">'
-            f'<span class="cx-name">{html.escape(label)}</span>'
-            f'<span class="cx-track"><div class="cx-fill" style="width:{p * 100:.1f}%"></div>{mark}</span>'
-            f"<span>{p:.3f}</span></div>"
-        )
-    return f'<div class="cx-bars">{"".join(rows)}</div>'
+    bars = list(zip(labels, probabilities, strict=True))
+    return render("cards/bars.html.j2", bars=bars, threshold=threshold)
 
 
 def card_html(
@@ -122,47 +92,26 @@ def card_html(
     explanation: Explanation | None = None,
 ) -> str:
     """One image's card: thumbnail, CAM overlay, the 14 bars, findings over the threshold, model facts."""
-    found = findings(prediction, threshold)
-    found_text = (
-        ", ".join(f"{html.escape(label)} ({p:.2f})" for label, p in found)
-        if found
-        else f"no finding at or over {threshold:.2f}"
-    )
-    figures = [
-        f'<figure><img src="{png_data_uri(thumbnail(pixels))}" alt="preprocessed"/>'
-        "<figcaption>preprocessed 224x224</figcaption></figure>"
-    ]
+    cam_uri = cam_label = None
     if explanation is not None and explanation.cam is not None and explanation.label is not None:
-        figures.append(
-            f'<figure class="cx-cam"><img src="{png_data_uri(cam_overlay(pixels, explanation.cam))}" '
-            f'alt="class activation map"/><figcaption>CAM: {html.escape(explanation.label)}</figcaption>'
-            "</figure>"
-        )
-    cam_note = ""
-    if explanation is not None and explanation.unavailable:
-        cam_note = f" · no class activation map: {html.escape(explanation.unavailable)}"
-    lat = prediction.latency
-    meta = (
-        f"model {html.escape(prediction.model_name)} v{prediction.model_version} · "
-        f"variant {html.escape(prediction.variant)} · end-to-end {lat.end_to_end_ms:.0f} ms "
-        f"(preprocess {lat.preprocess_ms:.0f} ms, queue {lat.queue_ms:.0f} ms, "
-        f"serving {lat.serving_ms:.0f} ms)"
-        f"{cam_note}"
-    )
-    return (
-        f'<div class="chexstack-card" data-image-id="{html.escape(prediction.image_id)}">'
-        f"<b>{html.escape(name)}</b> <code>{html.escape(prediction.image_id)}</code>"
-        f'<div class="cx-findings">Findings: {found_text}</div>'
-        f'<div class="cx-row">{"".join(figures)}{bar_chart_html(prediction.probabilities, threshold)}</div>'
-        f'<div class="cx-meta">{meta}</div></div>'
+        cam_uri, cam_label = png_data_uri(cam_overlay(pixels, explanation.cam)), explanation.label
+    return render(
+        "cards/card.html.j2",
+        name=name,
+        p=prediction,
+        lat=prediction.latency,
+        found=findings(prediction, threshold),
+        threshold=threshold,
+        thumbnail=png_data_uri(thumbnail(pixels)),
+        cam=cam_uri,
+        cam_label=cam_label,
+        cam_unavailable=explanation.unavailable if explanation is not None else None,
+        bars=list(zip(LABELS, prediction.probabilities, strict=True)),
     )
 
 
 def rejected_html(name: str, reason: str) -> str:
-    return (
-        f'<div class="chexstack-rejected" data-name="{html.escape(name)}">'
-        f"<b>{html.escape(name)}</b> rejected: {html.escape(reason)}</div>"
-    )
+    return render("cards/rejected.html.j2", name=name, reason=reason)
 
 
 @dataclass(frozen=True)
@@ -173,13 +122,4 @@ class StatusRow:
 
 
 def status_table_html(rows: Sequence[StatusRow]) -> str:
-    if not rows:
-        return '<table class="chexstack-statuses"></table>'
-    body = "".join(
-        f'<tr class="chexstack-status" data-name="{html.escape(r.name)}" '
-        f'data-status="{html.escape(r.status)}">'
-        f'<td>{html.escape(r.name)}</td><td class="cx-state">{html.escape(r.status)}</td>'
-        f"<td>{html.escape(r.detail)}</td></tr>"
-        for r in rows
-    )
-    return f'<table class="chexstack-statuses">{body}</table>'
+    return render("cards/statuses.html.j2", rows=rows)

@@ -10,11 +10,24 @@ import os
 from dataclasses import dataclass
 from typing import Final
 
-from chexstack.settings import DEFAULT_KAFKA, DEFAULT_MODEL_NAME, DEFAULT_SERVING, default_store
+from chexstack.settings import DEFAULT_KAFKA, DEFAULT_MODEL_NAME, DEFAULT_SERVING, Limits, default_store
 from chexstack.topics import Topics
 
 DEFAULT_HUB_URL: Final = "http://127.0.0.1:8600"
 DEFAULT_TENSORBOARD_URL: Final = "http://127.0.0.1:6006"
+# The same as the services' --max-bytes / --max-pixels defaults: a file the notebook accepts is one
+# `chexstack upload` and the preprocess workers accept too.
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+DEFAULT_MAX_PIXELS: Final = 60_000_000
+
+
+def _positive_int(env: dict[str, str], name: str, default: int) -> int:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"{name} must be a positive integer, got {text!r}")
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -28,10 +41,17 @@ class NotebookSettings:
     # Never printed: the hub token stays in the environment (HubClient reads CHEXSTACK_HUB_TOKEN).
     hub_token: str | None = None
     tensorboard_url: str = DEFAULT_TENSORBOARD_URL
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
     @property
     def topics(self) -> Topics:
         return Topics(self.topic_prefix)
+
+    @property
+    def limits(self) -> Limits:
+        """The upload limits (CHEXSTACK_MAX_BYTES, CHEXSTACK_MAX_PIXELS)."""
+        return Limits(max_bytes=self.max_bytes, max_pixels=self.max_pixels)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> NotebookSettings:
@@ -45,6 +65,8 @@ class NotebookSettings:
             hub_url=(e.get("CHEXSTACK_HUB_URL") or DEFAULT_HUB_URL).rstrip("/"),
             hub_token=e.get("CHEXSTACK_HUB_TOKEN") or None,
             tensorboard_url=(e.get("CHEXSTACK_TENSORBOARD_URL") or DEFAULT_TENSORBOARD_URL).rstrip("/"),
+            max_bytes=_positive_int(e, "CHEXSTACK_MAX_BYTES", DEFAULT_MAX_BYTES),
+            max_pixels=_positive_int(e, "CHEXSTACK_MAX_PIXELS", DEFAULT_MAX_PIXELS),
         )
 
     def __repr__(self) -> str:  # the token must not reach a notebook's output
@@ -52,5 +74,6 @@ class NotebookSettings:
         return (
             f"NotebookSettings(kafka={self.kafka!r}, serving={self.serving!r}, store={self.store!r}, "
             f"model_name={self.model_name!r}, topic_prefix={self.topic_prefix!r}, hub_url={self.hub_url!r}, "
-            f"hub_token={token}, tensorboard_url={self.tensorboard_url!r})"
+            f"hub_token={token}, tensorboard_url={self.tensorboard_url!r}, max_bytes={self.max_bytes}, "
+            f"max_pixels={self.max_pixels})"
         )

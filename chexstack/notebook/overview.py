@@ -8,31 +8,33 @@ fetched, so the rendering is unit-testable without the platform:
 - the A/B weights (`render_ab`, `chexstack-ab`);
 - recent jobs with a TensorBoard link for train jobs (`render_jobs`, `chexstack-jobs`);
 - predictions per model version and variant over a recent window, counted from xray.predictions
-  (`count_predictions`, `render_prediction_counts`, `chexstack-prediction-counts`).
+  (`chexstack.predictions.count_predictions`, `render_prediction_counts`, `chexstack-prediction-counts`).
 
 The `section_*` functions never raise: a hub or broker that cannot answer becomes a message in the
 output that says what was unreachable and why (class `chexstack-error`), so one failing section does
-not stop the notebook's later cells. Every value that comes from data is HTML-escaped, and the hub
-token is never part of any output.
+not stop the notebook's later cells. The HTML comes from the Jinja2 templates in templates/overview
+with autoescape on, so every value that comes from data is escaped; the hub token is never part of
+any output.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import math
 import re
-import time
-import uuid
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any, Final
 from urllib.parse import quote
 
+from markupsafe import Markup
+
 from chexstack.hub.client import HubClient, HubClientError
 from chexstack.notebook.env import NotebookSettings
+from chexstack.notebook.templating import DASH as DASH  # an absent value in every table
+from chexstack.notebook.templating import render
+from chexstack.predictions import PredictionCounts, count_predictions
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (e.g. "Connect to ... failed") go to Python logging, not to the cell's
@@ -44,30 +46,12 @@ DEFAULT_WINDOW_S: Final = 3600
 DEFAULT_JOBS_LIMIT: Final = 15
 HUB_TIMEOUT_S: Final = 15.0
 KAFKA_TIMEOUT_S: Final = 30.0
-METADATA_TIMEOUT_S: Final = 5.0
 MAX_ERROR_CHARS: Final = 600
-DASH: Final = "\u2013"
-
-STYLE: Final = """<style>
-.chexstack-section table { border-collapse: collapse; margin: 0.3em 0 0.8em 0; }
-.chexstack-section th, .chexstack-section td { border: 1px solid #ccc; padding: 2px 8px; text-align: left; }
-.chexstack-section th { background: #f3f3f3; }
-.chexstack-section td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.chexstack-label { border-radius: 3px; padding: 0 5px; margin-right: 3px; color: #fff; background: #777; }
-.chexstack-label-stable { background: #2e7d32; }
-.chexstack-label-canary { background: #ef6c00; }
-.chexstack-error { border-left: 4px solid #c62828; background: #fdecea; padding: 4px 8px; margin: 4px 0; }
-.chexstack-note { color: #555; }
-</style>"""
-
-
-def esc(value: object) -> str:
-    """HTML-escape any value (quotes too, so it is safe in attributes); None is a dash."""
-    return DASH if value is None else html.escape(str(value), quote=True)
 
 
 def _section(body: str) -> str:
-    return f'<div class="chexstack-section">{body}</div>'
+    """A section: the style sheet and `body`, which must be rendered markup already."""
+    return render("overview/section.html.j2", body=Markup(body))
 
 
 def redact(text: str, secret: str | None) -> str:
@@ -75,28 +59,25 @@ def redact(text: str, secret: str | None) -> str:
 
 
 def render_error(what: str, where: str, reason: object, hint: str = "", secret: str | None = None) -> str:
-    """`Cannot read <what> from <where>: <reason>` as one escaped block; `secret` never shows."""
+    """`Cannot read <what> from <where>: <reason>` as one block; `secret` never shows."""
     text = redact(" ".join(str(reason).split()), secret)
     if len(text) > MAX_ERROR_CHARS:
         text = text[:MAX_ERROR_CHARS] + " ..."
-    hint_html = f'<br><span class="chexstack-note">{esc(redact(hint, secret))}</span>' if hint else ""
-    return (
-        f'<div class="chexstack-error"><b>Cannot read {esc(what)} from {esc(where)}</b>: '
-        f"{esc(text)}{hint_html}</div>"
-    )
+    return render("overview/error.html.j2", what=what, where=where, reason=text, hint=redact(hint, secret))
 
 
-def format_time(value: object) -> str:
-    """An ISO 8601 time from the hub as `YYYY-MM-DD HH:MM:SS UTC` (anything else as it is); escaped."""
+def format_time(value: object) -> str | None:
+    """An ISO 8601 time from the hub as `YYYY-MM-DD HH:MM:SS UTC` (anything else as it is); None when
+    there is none."""
     if not isinstance(value, str) or not value:
-        return esc(None)
+        return None
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
-        return esc(value)
+        return value
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
-    return esc(moment.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def format_ms(ms: int) -> str:
@@ -113,12 +94,6 @@ def format_window(window_s: float) -> str:
     else:
         n, unit = int(window_s), "second"
     return f"{n} {unit}" + ("" if n == 1 else "s")
-
-
-def _table(css_class: str, headers: list[str], rows: list[str], empty: str) -> str:
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join(rows) or f'<tr><td colspan="{len(headers)}" class="chexstack-note">{esc(empty)}</td></tr>'
-    return f'<table class="{css_class}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _number(value: object) -> float | None:
@@ -140,18 +115,10 @@ def render_connection(settings: NotebookSettings, model_name: str | None = None)
         ("predictions topic", settings.topics.predictions),
         ("TensorBoard", settings.tensorboard_url),
     ]
-    cells = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in items)
-    return _section(f'{STYLE}<table class="chexstack-connection"><tbody>{cells}</tbody></table>')
+    return _section(render("overview/connection.html.j2", items=items))
 
 
 # ------------------------------------------------------------------------------------------ models
-
-
-def _labels_html(labels: Iterable[object]) -> str:
-    spans = [
-        f'<span class="chexstack-label chexstack-label-{esc(label)}">{esc(label)}</span>' for label in labels
-    ]
-    return "".join(spans) or DASH
 
 
 def render_models(models: list[dict[str, Any]]) -> str:
@@ -160,44 +127,39 @@ def render_models(models: list[dict[str, Any]]) -> str:
     for m in models:
         name = m.get("name")
         labels = m.get("labels") or {}
-        label_text = ", ".join(f"{k} = v{v}" for k, v in sorted(labels.items())) or "no labels"
-        notes.append(
-            f"<p><b>{esc(name)}</b>: {esc(label_text)}; version policy: {esc(m.get('policy'))}; "
-            f"base path <code>{esc(m.get('model_base'))}</code></p>"
-        )
+        serving_error = ""
         if m.get("serving_error"):
-            notes.append(
-                render_error(
-                    "the serving state",
-                    str(m.get("serving")),
-                    m["serving_error"],
-                    "versions and labels below come from models.config and the model base path",
-                )
+            serving_error = render_error(
+                "the serving state",
+                str(m.get("serving")),
+                m["serving_error"],
+                "versions and labels below come from models.config and the model base path",
             )
+        notes.append(
+            {
+                "name": name,
+                "label_text": ", ".join(f"{k} = v{v}" for k, v in sorted(labels.items())) or "no labels",
+                "policy": m.get("policy"),
+                "base": m.get("model_base"),
+                "serving_error": Markup(serving_error),
+            }
+        )
         for v in m.get("versions") or []:
             in_policy = v.get("in_policy")
-            job = v.get("train_job")
-            job_html = DASH
-            if job:
-                job_html = f"<code>{esc(job)}</code>"
-                if v.get("variation"):
-                    job_html += f" ({esc(v['variation'])})"
             rows.append(
-                "<tr>"
-                f"<td>{esc(name)}</td>"
-                f'<td class="num">v{esc(v.get("version"))}</td>'
-                f"<td>{esc(v.get('state') or DASH)}</td>"
-                f"<td>{_labels_html(v.get('labels') or [])}</td>"
-                f"<td>{'yes' if v.get('on_disk') else 'missing'}</td>"
-                f"<td>{esc(None if in_policy is None else ('yes' if in_policy else 'no'))}</td>"
-                f"<td>{job_html}</td>"
-                "</tr>"
+                {
+                    "name": name,
+                    "version": v.get("version"),
+                    "state": v.get("state") or None,
+                    "labels": v.get("labels") or [],
+                    "on_disk": "yes" if v.get("on_disk") else "missing",
+                    "in_policy": None if in_policy is None else ("yes" if in_policy else "no"),
+                    "job": v.get("train_job"),
+                    "variation": v.get("variation"),
+                }
             )
     headers = ["model", "version", "serving state", "labels", "on disk", "in policy", "train job"]
-    table = _table(
-        "chexstack-models", headers, rows, "no model versions (nothing on disk, in serving or labelled)"
-    )
-    return _section(STYLE + "".join(notes) + table)
+    return _section(render("overview/models.html.j2", models=notes, rows=rows, headers=headers))
 
 
 def fetch_models(client: Any, model_name: str) -> list[dict[str, Any]]:
@@ -212,15 +174,8 @@ def render_ab(model_name: str, weights: Mapping[str, int]) -> str:
     total = sum(w for w in weights.values() if w > 0)
     rows = []
     if total > 0:
-        for variant, weight in weights.items():
-            share = 100.0 * max(weight, 0) / total
-            rows.append(
-                f"<tr><td>{esc(variant)}</td><td class='num'>{esc(weight)}</td>"
-                f"<td class='num'>{share:.1f} %</td></tr>"
-            )
-    empty = "no weights set: all traffic to the latest version"
-    intro = f"<p>A/B weights of <b>{esc(model_name)}</b> (routers follow changes within seconds)</p>"
-    return _section(STYLE + intro + _table("chexstack-ab", ["variant", "weight", "share"], rows, empty))
+        rows = [(variant, weight, 100.0 * max(weight, 0) / total) for variant, weight in weights.items()]
+    return _section(render("overview/ab.html.j2", model_name=model_name, rows=rows))
 
 
 def fetch_ab(client: Any, model_name: str) -> dict[str, int]:
@@ -258,13 +213,14 @@ def tensorboard_link(tensorboard_url: str, run: str | None) -> str:
     return f"{base}?runFilter={quote('^' + _js_regex_escape(run) + '$', safe='')}#timeseries"
 
 
-def _job_error(job: Mapping[str, Any]) -> str:
-    error = job.get("error")
-    if not error:
-        return ""
-    text = str(error)
-    short = text if len(text) <= 200 else text[:200] + " ..."
-    return f'<div class="chexstack-note" title="{esc(text)}">{esc(short)}</div>'
+def _serve_action(job: Mapping[str, Any]) -> str:
+    """What a serve job did: `promote stable`, `A/B stable=90, canary=10` (`A/B latest` without weights)."""
+    spec = job.get("spec") or {}
+    action = spec.get("action")
+    if action == "ab":
+        weights = spec.get("weights") or {}
+        return "A/B " + (", ".join(f"{k}={v}" for k, v in weights.items()) or "latest")
+    return f"{action} {spec.get('label') or ''}".strip() if action else ""
 
 
 def render_jobs(jobs: list[dict[str, Any]], tensorboard_url: str) -> str:
@@ -272,44 +228,32 @@ def render_jobs(jobs: list[dict[str, Any]], tensorboard_url: str) -> str:
     rows = []
     for job in jobs:
         kind = job.get("kind")
-        results = job.get("results") or {}
-        auroc = _number(results.get("mean_auroc"))
+        auroc = _number((job.get("results") or {}).get("mean_auroc"))
         version = job.get("model_version")
-        what = ""
-        if kind == "serve":
-            spec = job.get("spec") or {}
-            action = spec.get("action")
-            if action == "ab":
-                weights = spec.get("weights") or {}
-                what = "A/B " + (", ".join(f"{k}={v}" for k, v in weights.items()) or "latest")
-            elif action:
-                what = f"{action} {spec.get('label') or ''}".strip()
-        tb = DASH
-        if kind == "train":
-            run = run_name(job)
-            href = esc(tensorboard_link(tensorboard_url, run))
-            label = f"run {esc(run)}" if run else "TensorBoard"
-            tb = f'<a href="{href}" target="_blank" rel="noopener">{label}</a>'
-        rerun = ""
-        if job.get("rerun_of"):
-            rerun = f"<br><span class='chexstack-note'>rerun of {esc(job['rerun_of'])}</span>"
+        error = str(job["error"]) if job.get("error") else ""
+        run = run_name(job) if kind == "train" else None
         rows.append(
-            "<tr>"
-            f"<td><code>{esc(job.get('id'))}</code>{rerun}</td>"
-            f"<td>{esc(kind)}{'<br>' + esc(what) if what else ''}</td>"
-            f"<td>{esc(job.get('status'))}{_job_error(job)}</td>"
-            f"<td>{esc(job.get('project'))} / {esc(job.get('variation'))}</td>"
-            f"<td>{format_time(job.get('created_at'))}</td>"
-            f"<td>{format_time(job.get('finished_at'))}</td>"
-            f'<td class="num">{esc(None if auroc is None else f"{auroc:.4f}")}</td>'
-            f'<td class="num">{esc(None if version is None else f"v{version}")}</td>'
-            f"<td>{tb}</td>"
-            "</tr>"
+            {
+                "id": job.get("id"),
+                "rerun_of": job.get("rerun_of"),
+                "kind": kind,
+                "what": _serve_action(job) if kind == "serve" else "",
+                "status": job.get("status"),
+                "error": error,
+                "error_short": error if len(error) <= 200 else error[:200] + " ...",
+                "project": job.get("project"),
+                "variation": job.get("variation"),
+                "created": format_time(job.get("created_at")),
+                "finished": format_time(job.get("finished_at")),
+                "auroc": None if auroc is None else f"{auroc:.4f}",
+                "version": None if version is None else f"v{version}",
+                "tensorboard": tensorboard_link(tensorboard_url, run) if kind == "train" else None,
+                "run": run,
+            }
         )
     headers = ["job", "kind", "status", "project / variation", "created", "finished", "mean AUROC",
                "model version", "TensorBoard"]  # fmt: skip
-    empty = "no jobs recorded yet (`chexstack train` records one per training run)"
-    return _section(STYLE + _table("chexstack-jobs", headers, rows, empty))
+    return _section(render("overview/jobs.html.j2", jobs=rows, headers=headers))
 
 
 def fetch_jobs(client: Any, kind: str | None = None, limit: int = DEFAULT_JOBS_LIMIT) -> list[dict[str, Any]]:
@@ -319,152 +263,37 @@ def fetch_jobs(client: Any, kind: str | None = None, limit: int = DEFAULT_JOBS_L
 # ------------------------------------------------------------------------------------- predictions
 
 
-@dataclass(frozen=True)
-class PredictionCounts:
-    """Predictions in xray.predictions with a timestamp in [since_ms, until_ms), per model version and
-    variant. `complete` is False when the read stopped at its time limit before the end."""
-
-    topic: str
-    since_ms: int
-    until_ms: int
-    counts: dict[tuple[str, int, str], int] = field(default_factory=dict)
-    undecodable: int = 0
-    complete: bool = True
-
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
-
-
-def count_predictions(
-    bootstrap: str,
-    topic: str,
-    *,
-    window_s: float = DEFAULT_WINDOW_S,
-    now_ms: int | None = None,
-    timeout_s: float = KAFKA_TIMEOUT_S,
-) -> PredictionCounts:
-    """Count the predictions of the last `window_s` seconds, per (model, version, variant).
-
-    Each partition is read from the first offset at or after now - window (`offsets_for_times`) up to
-    its end as it was when called (the watermarks are taken first), so the read is bounded; messages
-    whose own timestamp is older than the window are skipped. Committed messages only, as the
-    services see them; a throwaway consumer group that commits nothing. Raises RuntimeError when the
-    broker or the topic is not there.
-    """
-    from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-
-    from chexstack.messages import BadMessage, Prediction, decode
-
-    until_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    since_ms = until_ms - int(window_s * 1000)
-    deadline = time.monotonic() + timeout_s
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"chexstack-overview-{uuid.uuid4().hex[:12]}",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "isolation.level": "read_committed",
-            "enable.partition.eof": True,
-            "logger": _kafka_log,
-        }
-    )
-    counts: dict[tuple[str, int, str], int] = {}
-    undecodable = 0
-    try:
-        step = max(1.0, min(METADATA_TIMEOUT_S, timeout_s / 3))  # per metadata/offsets request
-        try:
-            md = consumer.list_topics(topic, timeout=step)
-        except KafkaException as exc:
-            raise RuntimeError(f"no answer from Kafka at {bootstrap}: {exc}") from exc
-        info = md.topics.get(topic)
-        if info is None or info.error is not None:
-            reason = f" ({info.error})" if info is not None and info.error is not None else ""
-            raise RuntimeError(f"topic {topic} does not exist on {bootstrap}{reason}")
-        parts = sorted(info.partitions)
-        try:
-            ends = {
-                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=step)[1] for p in parts
-            }
-            found = consumer.offsets_for_times(
-                [TopicPartition(topic, p, since_ms) for p in parts], timeout=step
-            )
-        except KafkaException as exc:
-            raise RuntimeError(f"cannot read the offsets of {topic} from {bootstrap}: {exc}") from exc
-        starts = {tp.partition: tp.offset for tp in found}
-        # offsets_for_times answers -1 (the end) where no message is that recent.
-        pending = {p for p in parts if 0 <= starts.get(p, -1) < ends[p]}
-        if pending:
-            consumer.assign([TopicPartition(topic, p, starts[p]) for p in sorted(pending)])
-        while pending and time.monotonic() < deadline:
-            msg = consumer.poll(0.2)
-            if msg is None:
-                continue
-            p = msg.partition() or 0
-            err = msg.error()
-            if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    pending.discard(p)
-                    continue
-                raise RuntimeError(f"reading {topic} from {bootstrap}: {err}")
-            if p not in pending:
-                continue
-            offset = msg.offset() or 0
-            if offset >= ends[p]:  # arrived after the call began
-                pending.discard(p)
-                continue
-            if offset + 1 >= ends[p]:
-                pending.discard(p)
-            ts_type, ts = msg.timestamp()
-            if ts_type != 0 and ts < since_ms:  # 0: TIMESTAMP_NOT_AVAILABLE
-                continue
-            try:
-                pred = decode(Prediction, msg.value())
-            except BadMessage:
-                undecodable += 1
-                continue
-            key = (pred.model_name, pred.model_version, pred.variant)
-            counts[key] = counts.get(key, 0) + 1
-        return PredictionCounts(topic, since_ms, until_ms, counts, undecodable, complete=not pending)
-    finally:
-        consumer.close()
-
-
 def render_prediction_counts(result: PredictionCounts, model_name: str | None = None) -> str:
     """Per model, version and variant: the number of predictions and its share of the model's."""
     per_model: dict[str, int] = {}
     for (name, _, _), n in result.counts.items():
         per_model[name] = per_model.get(name, 0) + n
-    rows = []
-    for (name, version, variant), n in sorted(result.counts.items()):
-        share = 100.0 * n / per_model[name] if per_model[name] else 0.0
-        mark = " <b>*</b>" if model_name and name == model_name else ""
-        rows.append(
-            f"<tr><td>{esc(name)}{mark}</td><td class='num'>v{esc(version)}</td><td>{esc(variant)}</td>"
-            f"<td class='num'>{n}</td><td class='num'>{share:.1f} %</td></tr>"
+    rows = [
+        {
+            "name": name,
+            "marked": bool(model_name) and name == model_name,
+            "version": version,
+            "variant": variant,
+            "count": n,
+            "share": 100.0 * n / per_model[name] if per_model[name] else 0.0,
+        }
+        for (name, version, variant), n in sorted(result.counts.items())
+    ]
+    return _section(
+        render(
+            "overview/prediction_counts.html.j2",
+            total=result.total,
+            topic=result.topic,
+            window=format_window((result.until_ms - result.since_ms) / 1000),
+            since=format_ms(result.since_ms),
+            until=format_ms(result.until_ms),
+            rows=rows,
+            headers=["model", "version", "variant", "predictions", "share of the model's"],
+            marked_model=model_name if model_name and model_name in per_model else None,
+            complete=result.complete,
+            undecodable=result.undecodable,
         )
-    window = format_window((result.until_ms - result.since_ms) / 1000)
-    intro = (
-        f"<p>{result.total} prediction{'' if result.total == 1 else 's'} in <code>{esc(result.topic)}</code> "
-        f"in the last {esc(window)} ({esc(format_ms(result.since_ms))} to "
-        f"{esc(format_ms(result.until_ms))})</p>"
     )
-    notes = []
-    if model_name and model_name in per_model:
-        notes.append(
-            f'<p class="chexstack-note"><b>*</b> the model this notebook shows ({esc(model_name)})</p>'
-        )
-    if not result.complete:
-        notes.append(
-            '<p class="chexstack-note">The read stopped at its time limit before the end of the topic: '
-            "the counts are a lower bound.</p>"
-        )
-    if result.undecodable:
-        notes.append(f'<p class="chexstack-note">{result.undecodable} message(s) were not predictions.</p>')
-    headers = ["model", "version", "variant", "predictions", "share of the model's"]
-    table = _table("chexstack-prediction-counts", headers, rows, f"no predictions in the last {window}")
-    return _section(STYLE + intro + table + "".join(notes))
 
 
 # ----------------------------------------------------------------------- sections (never raise)
@@ -507,12 +336,8 @@ def _hub_section(settings: NotebookSettings, what: str, build: Callable[[HubClie
             client.close()
     except Exception as exc:  # shown, never raised: the notebook's other cells must still run
         log.debug("reading %s from %s failed", what, settings.hub_url, exc_info=True)
-        return _section(
-            STYLE
-            + render_error(
-                what, f"the hub at {settings.hub_url}", hub_reason(exc), _hub_hint(exc), settings.hub_token
-            )
-        )
+        where = f"the hub at {settings.hub_url}"
+        return _section(render_error(what, where, hub_reason(exc), _hub_hint(exc), settings.hub_token))
 
 
 def section_models(settings: NotebookSettings, model_name: str | None = None) -> str:
@@ -541,17 +366,15 @@ def section_prediction_counts(
 ) -> str:
     topic = settings.topics.predictions
     try:
-        result = count_predictions(settings.kafka, topic, window_s=window_s, timeout_s=timeout_s)
+        result = count_predictions(
+            settings.kafka, topic, window_s=window_s, timeout_s=timeout_s, logger=_kafka_log
+        )
     except Exception as exc:  # shown, never raised
         log.debug("counting predictions in %s failed", topic, exc_info=True)
         hint = "Is Kafka running, and are CHEXSTACK_KAFKA and CHEXSTACK_TOPIC_PREFIX right?"
         reason = str(exc) if isinstance(exc, RuntimeError) else f"{type(exc).__name__}: {exc}"
-        return _section(
-            STYLE
-            + render_error(
-                f"the predictions ({topic})", f"Kafka at {settings.kafka}", reason, hint, settings.hub_token
-            )
-        )
+        what, where = f"the predictions ({topic})", f"Kafka at {settings.kafka}"
+        return _section(render_error(what, where, reason, hint, settings.hub_token))
     return render_prediction_counts(result, model_name or settings.model_name)
 
 
@@ -600,7 +423,7 @@ def overview_html(
         ("Recent jobs", section_jobs(settings)),
         ("Predictions per variant", section_prediction_counts(settings, window_s, model_name)),
     ]
-    return "".join(f"<h3>{esc(title)}</h3>{body}" for title, body in parts)
+    return render("overview/overview.html.j2", parts=[(title, Markup(body)) for title, body in parts])
 
 
 def show_overview(

@@ -7,15 +7,13 @@ once per event. It never commits offsets: it is a reader beside the workers, not
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import TopicPartition
 
+from chexstack.bus import ReadError, TopicReader
 from chexstack.messages import BadMessage, DeadLetter, Prediction, Preprocessed, decode
 from chexstack.topics import Topics
 
@@ -42,36 +40,19 @@ class Tracker:
         self.timeout_s = timeout_s
         self._names = (topics.preprocessed, topics.predictions, topics.dlq)
 
-    def _consumer(self) -> Any:
-        return Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": f"chexstack-notebook-{uuid.uuid4().hex[:8]}",
-                "enable.auto.commit": False,
-                "isolation.level": "read_committed",
-                "auto.offset.reset": "earliest",
-            }
-        )
+    def _reader(self) -> TopicReader:
+        try:
+            return TopicReader(self.bootstrap, self._names, purpose="notebook", timeout_s=self.timeout_s)
+        except ReadError as exc:
+            raise TrackerError(str(exc)) from exc
 
     def positions(self) -> list[TopicPartition]:
         """The current end of every partition of the three topics."""
-        consumer = self._consumer()
-        try:
+        with self._reader() as reader:
             try:
-                meta = consumer.list_topics(timeout=self.timeout_s)
-            except Exception as exc:
-                raise TrackerError(f"cannot reach Kafka at {self.bootstrap}: {exc}") from exc
-            out = []
-            for name in self._names:
-                topic = meta.topics.get(name)
-                if topic is None or topic.error is not None:
-                    raise TrackerError(f"Kafka at {self.bootstrap} has no topic {name}")
-                for p in sorted(topic.partitions):
-                    _, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=self.timeout_s)
-                    out.append(TopicPartition(name, p, high))
-            return out
-        finally:
-            consumer.close()
+                return reader.end_offsets()
+            except ReadError as exc:
+                raise TrackerError(str(exc)) from exc
 
     def follow(
         self,
@@ -80,7 +61,6 @@ class Tracker:
         on_event: Callable[[Event], None],
         *,
         timeout_s: float,
-        stop: threading.Event | None = None,
     ) -> set[str]:
         """Report events for `image_ids` until each is predicted or rejected, or the time is up.
 
@@ -89,37 +69,25 @@ class Tracker:
         pending = set(image_ids)
         if not pending:
             return set()
-        try:
-            consumer = self._consumer()
-            consumer.assign(start)
-        except KafkaException as exc:
-            raise TrackerError(f"cannot read Kafka at {self.bootstrap}: {exc}") from exc
-        deadline = time.monotonic() + timeout_s
-        try:
-            while pending and time.monotonic() < deadline and not (stop is not None and stop.is_set()):
-                msg = consumer.poll(0.25)
-                if msg is None:
-                    continue
-                err = msg.error()
-                if err is not None:
-                    # librdkafka reports broker hiccups (_TRANSPORT, _ALL_BROKERS_DOWN) here and
-                    # recovers by itself; only a fatal error ends the tracking.
-                    if err.code() == KafkaError._PARTITION_EOF or not err.fatal():
+        with self._reader() as reader:
+            try:
+                reader.start(start)
+                for msg in reader.messages(follow=True, timeout_s=timeout_s):
+                    key = msg.key()
+                    image_id = key.decode(errors="replace") if key else ""
+                    if image_id not in pending:
                         continue
-                    raise TrackerError(f"reading {msg.topic()}: {err}")
-                key = msg.key()
-                image_id = key.decode(errors="replace") if key else ""
-                if image_id not in pending:
-                    continue
-                event = self._event(msg.topic(), image_id, msg.value())
-                if event is None:
-                    continue
-                if event.kind != "preprocessed":
-                    pending.discard(image_id)
-                on_event(event)
-            return pending
-        finally:
-            consumer.close()
+                    event = self._event(msg.topic() or "", image_id, msg.value())
+                    if event is None:
+                        continue
+                    if event.kind != "preprocessed":
+                        pending.discard(image_id)
+                    on_event(event)
+                    if not pending:
+                        break
+            except ReadError as exc:
+                raise TrackerError(str(exc)) from exc
+        return pending
 
     def _event(self, topic: str, image_id: str, value: bytes | None) -> Event | None:
         try:

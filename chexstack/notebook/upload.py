@@ -18,15 +18,19 @@ from typing import Any
 import numpy as np
 
 from chexstack import transform
-from chexstack.ingest import IngestResult, KafkaUnavailable, Uploader
+from chexstack.ingest import IngestResult, KafkaUnavailable, UnreadableFile, Uploader
 from chexstack.messages import Prediction
 from chexstack.notebook import cards
 from chexstack.notebook.env import NotebookSettings
+from chexstack.notebook.templating import render
 from chexstack.notebook.tracker import Event, Tracker, TrackerError
 from chexstack.settings import Limits
 
 ACCEPT = ".png,.jpg,.jpeg,.dcm,.dicom"
 FINAL = frozenset({"predicted", "rejected", "timeout"})
+# A file to upload: picked in the browser (its bytes) or on the server's disk (read by the uploader,
+# with the checks of `chexstack upload`).
+Source = bytes | Path
 
 
 @dataclass(eq=False)  # compared by identity: the same image may be picked twice in one batch
@@ -113,7 +117,7 @@ class UploadPanel:
         picked = change["new"]
         if not picked:
             return
-        items = [(str(f["name"]), (lambda d=bytes(f["content"]): d)) for f in picked]
+        items: list[tuple[str, Source]] = [(str(f["name"]), bytes(f["content"])) for f in picked]
         # Clear the widget (its value holds every byte) so the same files can be picked again, and the
         # patient ID, which applies to this batch only.
         self.picker.value = ()
@@ -123,14 +127,7 @@ class UploadPanel:
 
     def upload_paths(self, paths: Iterable[str | Path], patient_id: str | None = None) -> None:
         """Upload files from the server's disk (what the widget does with picked files)."""
-        items = []
-        for p in paths:
-            path = Path(p)
-            items.append((path.name, _reader(path, self._limits())))
-        self._upload(items, patient_id)
-
-    def _limits(self) -> Limits:
-        return Limits()
+        self._upload([(Path(p).name, Path(p)) for p in paths], patient_id)
 
     def _get_uploader(self) -> Uploader:
         if self._uploader is None:
@@ -145,14 +142,14 @@ class UploadPanel:
                 bootstrap=self.settings.kafka,
                 store=store,
                 key=key,
-                limits=self._limits(),
+                limits=self.settings.limits,
                 topics=self.settings.topics,
             )
             uploader.check_connection()
             self._uploader = uploader
         return self._uploader
 
-    def _upload(self, items: Sequence[tuple[str, Callable[[], bytes]]], patient_id: str | None) -> None:
+    def _upload(self, items: Sequence[tuple[str, Source]], patient_id: str | None) -> None:
         import ipywidgets as w
 
         batch = len(self.batches.children) + 1
@@ -167,7 +164,7 @@ class UploadPanel:
             uploader = self._get_uploader()
             start = self._tracker.positions()
         except (KafkaUnavailable, TrackerError, OSError, ValueError) as exc:
-            self.message.value = f'<span style="color:#cf222e">Cannot upload: {_escape(str(exc))}</span>'
+            self.message.value = _problem(f"Cannot upload: {exc}")
             with self._lock:
                 for s in states:
                     s.status, s.detail = "rejected", f"not uploaded: {exc}"
@@ -177,8 +174,8 @@ class UploadPanel:
         self.message.value = ""
         duplicates: list[FileState] = []
         try:
-            for state, (_, read) in zip(states, items, strict=True):
-                self._upload_one(uploader, state, read, patient_id, duplicates, bar)
+            for state, (_, source) in zip(states, items, strict=True):
+                self._upload_one(uploader, state, source, patient_id, duplicates, bar)
                 label.value = _batch_text(states)
                 self._render()
         finally:
@@ -202,15 +199,15 @@ class UploadPanel:
         self,
         uploader: Uploader,
         state: FileState,
-        read: Callable[[], bytes],
+        source: Source,
         patient_id: str | None,
         duplicates: list[FileState],
         bar: Any,
     ) -> None:
         try:
-            data = read()
+            data = source if isinstance(source, bytes) else uploader.read_path(source)
             result = uploader.upload_bytes(data, state.name, patient_id or None)
-        except _ReadError as exc:
+        except UnreadableFile as exc:
             data, result = b"", IngestResult(state.name, None, str(exc))
         except OSError as exc:  # the blob store (disk full, permissions): its message names the path
             data, result = b"", IngestResult(state.name, None, f"upload failed: {exc}")
@@ -275,7 +272,7 @@ class UploadPanel:
                 if isinstance(exc, TrackerError)
                 else (f"tracking stopped ({type(exc).__name__}: {exc})")
             )
-            self.message.value = f'<span style="color:#cf222e">{_escape(why)}</span>'
+            self.message.value = _problem(why)
         with self._lock:
             for image_id in left:
                 for s in by_id.get(image_id, []):
@@ -316,7 +313,9 @@ class UploadPanel:
                 state.detail = f"{event.preprocessed.preprocess_ms:.0f} ms"
         elif event.kind == "predicted" and event.prediction is not None:
             pred = event.prediction
-            shown = state.pixels if state.pixels is not None else _local_pixels(state.data)
+            shown = state.pixels
+            if shown is None:
+                shown = _local_pixels(state.data, self.settings.limits)
             with self._lock:
                 state.pixels = shown
                 state.prediction = pred
@@ -365,14 +364,14 @@ class UploadPanel:
             )
             shown = []
             for f in files:
-                html = self._card(f, threshold)
-                if html is None:
+                markup = self._card(f, threshold)
+                if markup is None:
                     continue
                 widget = self._card_widgets.get(id(f))
                 if widget is None:
-                    widget = self._card_widgets[id(f)] = w.HTML(html)
-                elif widget.value != html:
-                    widget.value = html
+                    widget = self._card_widgets[id(f)] = w.HTML(markup)
+                elif widget.value != markup:
+                    widget.value = markup
                 shown.append(widget)
             if list(self.cards.children) != shown:
                 self.cards.children = tuple(shown)
@@ -389,11 +388,11 @@ class UploadPanel:
             return cached[1]
         if key[0] == "card":
             assert f.prediction is not None and f.pixels is not None
-            html = cards.card_html(f.name, f.prediction, f.pixels, threshold, f.explanation)
+            markup = cards.card_html(f.name, f.prediction, f.pixels, threshold, f.explanation)
         else:
-            html = cards.rejected_html(f.name, f.detail)
-        self._card_cache[id(f)] = (key, html)
-        return html
+            markup = cards.rejected_html(f.name, f.detail)
+        self._card_cache[id(f)] = (key, markup)
+        return markup
 
     def wait(self, timeout_s: float | None = None) -> UploadPanel:
         """Block until every batch is finished: each file predicted, rejected or timed out.
@@ -423,33 +422,12 @@ class UploadPanel:
             return list(self._files)
 
 
-class _ReadError(RuntimeError):
-    pass
-
-
-def _reader(path: Path, limits: Limits) -> Callable[[], bytes]:
-    """Read a server-side file with the CLI's checks: a regular file within the size limit."""
-
-    def read() -> bytes:
-        try:
-            if not path.is_file():
-                raise _ReadError("not a file")
-            size = path.stat().st_size
-            if size > limits.max_bytes:
-                raise _ReadError(f"file is {size} bytes, over the limit of {limits.max_bytes}")
-            return path.read_bytes()
-        except OSError as exc:
-            raise _ReadError(f"cannot read: {exc.strerror or exc}") from exc
-
-    return read
-
-
-def _local_pixels(data: bytes | None) -> np.ndarray | None:
+def _local_pixels(data: bytes | None, limits: Limits) -> np.ndarray | None:
     """The worker's transform applied here: for a re-upload whose preprocessed message is not re-sent."""
     if not data:
         return None
     try:
-        return transform.preprocess_bytes(data)
+        return transform.preprocess_bytes(data, limits)
     except Exception:
         return None
 
@@ -463,7 +441,5 @@ def _batch_text(states: Sequence[FileState]) -> str:
     return f"{uploaded}/{n} uploaded, {done}/{n} finished ({predicted} predicted, {rejected} rejected)"
 
 
-def _escape(text: str) -> str:
-    import html
-
-    return html.escape(text)
+def _problem(text: str) -> str:
+    return render("cards/problem.html.j2", text=text)

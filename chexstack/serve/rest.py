@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
+from chexstack.httpjson import HttpError, JsonHandler, JsonServer
 from chexstack.serve import rest_json
 from chexstack.serve.core import ModelServer
 from chexstack.serve.errors import Code, ServeError, not_found
@@ -56,25 +54,22 @@ def metadata_json(server: ModelServer, name: str, version: int | None, label: st
     }
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(JsonHandler):
     server: _RestHTTPServer
+    max_body_bytes = MAX_BODY_BYTES
+    body_too_large_status = Code.RESOURCE_EXHAUSTED.http_status
+    access_log = log
 
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json") -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _json(self, status: int, doc: Any) -> None:
-        self._send(status, json.dumps(doc).encode())
-
-    def _error(self, exc: ServeError) -> None:
-        self._json(exc.code.http_status, {"error": exc.message})
+    def error_reply(self, exc: Exception) -> tuple[int, str]:
+        if isinstance(exc, ServeError):
+            return exc.code.http_status, exc.message
+        if isinstance(exc, HttpError):
+            return exc.status, exc.message
+        if self.command == "POST":  # TF runtime errors (e.g. an undecodable image) are the caller's input
+            log.warning("POST %s failed: %s", self.path, exc)
+            return 400, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+        log.exception("%s %s failed", self.command, self.path)  # the client gets a 500, the log the details
+        return 500, str(exc)
 
     def _route(self) -> tuple[str, int | None, str | None, str]:
         path = urlsplit(self.path).path
@@ -91,62 +86,45 @@ class _Handler(BaseHTTPRequestHandler):
         )
 
     def do_GET(self) -> None:
-        try:
-            monitoring = self.server.metrics_path
-            if monitoring and urlsplit(self.path).path == monitoring:
-                self._send(200, self.server.model_server.metrics.render().encode(), METRICS_CONTENT_TYPE)
-                return
-            name, version, label, suffix = self._route()
-            if suffix == "":
-                self._json(200, status_json(self.server.model_server, name, version, label))
-            elif suffix == "/metadata":
-                self._json(200, metadata_json(self.server.model_server, name, version, label))
-            else:
-                raise ServeError(Code.INVALID_ARGUMENT, f"{suffix} requires POST")
-        except ServeError as exc:
-            self._error(exc)
-        except Exception as exc:  # the client gets a 500, the log the details
-            log.exception("GET %s failed", self.path)
-            self._json(500, {"error": str(exc)})
+        self.dispatch(self._get)
 
     def do_POST(self) -> None:
-        try:
-            body = self._read_body()
-            name, version, label, suffix = self._route()
-            if suffix != ":predict":
-                raise ServeError(
-                    Code.INVALID_ARGUMENT, f"POST {suffix or 'status'} is not supported (predict only)"
-                )
-            request = rest_json.parse_predict_body(body)
-            _, _, outputs = self.server.model_server.predict(
-                name,
-                None,
-                version=version,
-                label=label,
-                signature_name=request.signature_name,
-                entrypoint="REST",
-                input_builder=lambda specs: rest_json.build_inputs(request, specs),
+        self.dispatch(self._post)
+
+    def _get(self) -> None:
+        monitoring = self.server.metrics_path
+        if monitoring and urlsplit(self.path).path == monitoring:
+            self.reply(200, self.server.model_server.metrics.render().encode(), METRICS_CONTENT_TYPE)
+            return
+        name, version, label, suffix = self._route()
+        if suffix == "":
+            self.reply_json(200, status_json(self.server.model_server, name, version, label))
+        elif suffix == "/metadata":
+            self.reply_json(200, metadata_json(self.server.model_server, name, version, label))
+        else:
+            raise ServeError(Code.INVALID_ARGUMENT, f"{suffix} requires POST")
+
+    def _post(self) -> None:
+        body = self.read_body(required=True)
+        name, version, label, suffix = self._route()
+        if suffix != ":predict":
+            raise ServeError(
+                Code.INVALID_ARGUMENT, f"POST {suffix or 'status'} is not supported (predict only)"
             )
-            self._json(200, rest_json.format_outputs(outputs, request.row_format))
-        except ServeError as exc:
-            self._error(exc)
-        except Exception as exc:  # TF runtime errors (e.g. an undecodable image) are the caller's input
-            log.warning("POST %s failed: %s", self.path, exc)
-            self._json(400, {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)})
-
-    def _read_body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise ServeError(Code.INVALID_ARGUMENT, "Content-Length is required")
-        if int(length) > MAX_BODY_BYTES:
-            raise ServeError(Code.RESOURCE_EXHAUSTED, f"request body larger than {MAX_BODY_BYTES} bytes")
-        return self.rfile.read(int(length))
+        request = rest_json.parse_predict_body(body)
+        _, _, outputs = self.server.model_server.predict(
+            name,
+            None,
+            version=version,
+            label=label,
+            signature_name=request.signature_name,
+            entrypoint="REST",
+            input_builder=lambda specs: rest_json.build_inputs(request, specs),
+        )
+        self.reply_json(200, rest_json.format_outputs(outputs, request.row_format))
 
 
-class _RestHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class _RestHTTPServer(JsonServer):
     def __init__(self, address: tuple[str, int], model_server: ModelServer, metrics_path: str | None) -> None:
         super().__init__(address, _Handler)
         self.model_server = model_server
@@ -158,15 +136,13 @@ class RestServer:
         self, model_server: ModelServer, host: str, port: int, metrics_path: str | None = None
     ) -> None:
         self._httpd = _RestHTTPServer((host, port), model_server, metrics_path)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="rest", daemon=True)
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return self._httpd.port
 
     def start(self) -> None:
-        self._thread.start()
+        self._httpd.serve_in_thread("rest")
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        self._httpd.stop()

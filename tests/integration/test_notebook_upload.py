@@ -14,7 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chexstack.messages import Prediction, decode
+from chexstack.blobstore import open_store
+from chexstack.deid import load_or_create_key, pseudonym
+from chexstack.labels import LABELS
+from chexstack.messages import Prediction, Uploaded, decode
 from chexstack.notebook.env import NotebookSettings
 from chexstack.notebook.upload import UploadPanel
 from chexstack.synth import make_dicom, make_png, render_radiograph
@@ -28,6 +31,22 @@ pytestmark = pytest.mark.integration
 
 def statuses(panel: UploadPanel) -> dict[str, str]:
     return {line.split("\t")[0]: line.split("\t")[1] for line in panel.report().splitlines()}
+
+
+def image_id_of(card: str) -> str:
+    found = re.search(r'data-image-id="([0-9a-f]{32})"', card)
+    assert found is not None, card[:200]
+    return found.group(1)
+
+
+def findings_shown(card: str) -> set[str]:
+    """The labels a card lists as findings (an empty set for "no finding at or over ...")."""
+    found = re.search(r'<div class="cx-findings">Findings:(.*?)</div>', card, re.S)
+    assert found is not None, card[:400]
+    text = found.group(1).strip()
+    if text.startswith("no finding at or over"):
+        return set()
+    return set(re.findall(r"(\w+) \(\d\.\d\d\)", text))
 
 
 def test_panel_uploads_follows_and_shows_cards(
@@ -95,11 +114,62 @@ def test_panel_uploads_follows_and_shows_cards(
     per_image = Counter(decode(Prediction, v).image_id for _, v in read_topic(kafka, t.predictions))
     assert sorted(per_image.values()) == [1, 1]
 
-    # The threshold slider re-renders the cards.
-    panel.threshold.value = 0.0
-    assert all(
-        "no finding at or over" not in c.value for c in panel.cards.children if "chexstack-card" in c.value
-    )
+    # The threshold slider re-renders the same card widgets: the findings shown are the labels whose
+    # probability (as published on the topic) is at or over it.
+    published = {p.image_id: p for p in (decode(Prediction, v) for _, v in read_topic(kafka, t.predictions))}
+    widgets = [c for c in panel.cards.children if 'class="chexstack-card"' in c.value]
+    first = published[image_id_of(widgets[0].value)]
+    middle = sorted(first.probabilities, reverse=True)[6]  # exactly 7 of the first card's 14 at or over
+    rendered: dict[float, list[str]] = {}
+    for threshold in (1.0, 0.0, middle):
+        panel.threshold.value = threshold
+        assert [c for c in panel.cards.children if 'class="chexstack-card"' in c.value] == widgets
+        rendered[threshold] = [w.value for w in widgets]
+        for widget in widgets:
+            prediction = published[image_id_of(widget.value)]
+            expected = {label for label, p in prediction.by_label().items() if p >= threshold}
+            assert findings_shown(widget.value) == expected, (threshold, widget.value[:400])
+            assert len(re.findall(r'class="cx-bar cx-over"', widget.value)) == len(expected)
+            if not expected:
+                assert f"no finding at or over {threshold:.2f}" in widget.value
+    assert all(findings_shown(card) == set(LABELS) for card in rendered[0.0])
+    assert len(findings_shown(rendered[middle][0])) == 7
+    assert all(a != b for a, b in zip(rendered[1.0], rendered[0.0], strict=True))
+
+
+def test_the_patient_id_applies_to_one_picked_batch_only(
+    kafka: str, topics: dict[str, str], store_dir: Path, tmp_path: Path
+) -> None:
+    """Two batches picked in the widget, the patient ID typed before the first only: on the real broker,
+    the first batch's message carries that patient's pseudonym and the second batch's carries none.
+    No workers run: xray.uploaded is what is judged, so the batches are left to time out."""
+    settings = NotebookSettings(kafka=kafka, store=str(store_dir), topic_prefix=topics["prefix"])
+    panel = UploadPanel(settings, wait_s=1)
+    rng = np.random.default_rng(11)
+    one, two = (make_png(render_radiograph(rng, [], size=96)) for _ in range(2))
+
+    def pick(name: str, data: bytes) -> None:
+        panel.picker.value = (
+            {"name": name, "type": "image/png", "size": len(data), "content": memoryview(data),
+             "last_modified": datetime.now(UTC)},
+        )  # fmt: skip
+
+    panel.patient.value = "MRN-BATCH-ONE"
+    pick("one.png", one)
+    assert panel.patient.value == ""  # cleared for the next batch
+    pick("two.png", two)
+    panel.wait()
+    panel.close()
+
+    ids = {s.name: s.image_id for s in panel.results()}
+    assert None not in ids.values(), panel.report()
+    sent = {
+        m.image_id: m for m in (decode(Uploaded, v) for _, v in read_topic(kafka, topics["xray.uploaded"]))
+    }
+    assert sorted(sent) == sorted(ids.values())
+    key = load_or_create_key(open_store(str(store_dir)), None)
+    assert sent[ids["one.png"]].patient == pseudonym(key, "MRN-BATCH-ONE")
+    assert sent[ids["two.png"]].patient is None
 
 
 def test_panel_names_an_unreachable_broker(store_dir: Path, tmp_path: Path) -> None:

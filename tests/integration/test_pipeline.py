@@ -24,6 +24,7 @@ from chexstack.deid import load_or_create_key, pseudonym
 from chexstack.ingest import Uploader
 from chexstack.messages import DeadLetter, Prediction, Uploaded, decode
 from chexstack.predictions import read_predictions
+from chexstack.settings import Limits
 from chexstack.synth import make_dicom, make_jpeg, make_png, render_radiograph
 from chexstack.topics import Topics
 from tests.integration.workers import Proc, running_workers
@@ -109,7 +110,11 @@ def pipeline_env(kafka: str, topics: dict[str, str], store_dir: Path) -> dict[st
 def uploader(kafka: str, topics: dict[str, str], store_dir: Path) -> Uploader:
     store = open_store(str(store_dir))
     return Uploader(
-        bootstrap=kafka, store=store, key=load_or_create_key(store, None), topics=Topics(topics["prefix"])
+        bootstrap=kafka,
+        store=store,
+        key=load_or_create_key(store, None),
+        limits=Limits(max_bytes=64 * 1024 * 1024, max_pixels=60_000_000),
+        topics=Topics(topics["prefix"]),
     )
 
 

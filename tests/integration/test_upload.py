@@ -31,6 +31,7 @@ from ..conftest import free_port
 pytestmark = pytest.mark.integration
 
 KEY = b"integration-test-key"
+LIMITS = Limits(max_bytes=64 * 1024 * 1024, max_pixels=60_000_000)
 UPLOADED = "xray.uploaded"
 _TRANSIENT = (
     KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -98,7 +99,9 @@ def blobs(store_dir: Path) -> list[Path]:
 
 @pytest.fixture
 def uploader(kafka: str, topics: dict[str, str], store_dir: Path) -> Iterator[Uploader]:
-    up = Uploader(bootstrap=kafka, store=BlobStore(store_dir), key=KEY, topics=Topics(topics["prefix"]))
+    up = Uploader(
+        bootstrap=kafka, store=BlobStore(store_dir), key=KEY, limits=LIMITS, topics=Topics(topics["prefix"])
+    )
     yield up
     up.close()
 
@@ -145,7 +148,9 @@ def test_same_bytes_twice_gives_one_message(
     dicom = synth.make_dicom(pixels)
     first = uploader.upload_bytes(dicom, "x.dcm")
     second = uploader.upload_bytes(dicom, "y.dcm")
-    again = Uploader(bootstrap=kafka, store=BlobStore(store_dir), key=KEY, topics=Topics(topics["prefix"]))
+    again = Uploader(
+        bootstrap=kafka, store=BlobStore(store_dir), key=KEY, limits=LIMITS, topics=Topics(topics["prefix"])
+    )
     try:
         third = again.upload_bytes(dicom, "z.dcm")
     finally:
@@ -346,6 +351,7 @@ def test_failed_publish_keeps_the_blob_unmarked_and_a_retry_publishes(
         bootstrap=f"127.0.0.1:{free_port()}",
         store=store,
         key=KEY,
+        limits=LIMITS,
         topics=Topics(topics["prefix"]),
         publish_timeout_s=3,
     )
@@ -359,7 +365,7 @@ def test_failed_publish_keeps_the_blob_unmarked_and_a_retry_publishes(
     sha = sha256_hex(png)
     assert store.exists(sha) and not store.is_published(sha, topics[UPLOADED])
 
-    live = Uploader(bootstrap=kafka, store=store, key=KEY, topics=Topics(topics["prefix"]))
+    live = Uploader(bootstrap=kafka, store=store, key=KEY, limits=LIMITS, topics=Topics(topics["prefix"]))
     try:
         live.check_connection()
         retry = live.upload_bytes(png, "a.png")

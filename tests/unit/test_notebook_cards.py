@@ -14,6 +14,7 @@ from chexstack.labels import LABELS
 from chexstack.messages import Latency, Prediction
 from chexstack.notebook import cards
 from chexstack.notebook.env import NotebookSettings
+from chexstack.settings import Limits
 
 
 def prediction(probs: list[float], variant: str = "stable") -> Prediction:
@@ -138,3 +139,12 @@ def test_settings_come_from_the_service_variables_and_hide_the_token() -> None:
     assert s.hub_token == "s3cr3t-token"
     assert "s3cr3t" not in repr(s) and "hub_token=set" in repr(s)
     assert NotebookSettings.from_env({}).kafka == "127.0.0.1:9092"
+
+
+def test_upload_limits_come_from_the_service_variables() -> None:
+    assert NotebookSettings.from_env({}).limits == Limits(max_bytes=64 * 1024 * 1024, max_pixels=60_000_000)
+    given = NotebookSettings.from_env({"CHEXSTACK_MAX_BYTES": "1000", "CHEXSTACK_MAX_PIXELS": " 500 "})
+    assert given.limits == Limits(max_bytes=1000, max_pixels=500)
+    for name, value in (("CHEXSTACK_MAX_BYTES", "64M"), ("CHEXSTACK_MAX_PIXELS", "0")):
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got '{value}'"):
+            NotebookSettings.from_env({name: value})

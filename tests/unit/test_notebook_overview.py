@@ -10,15 +10,17 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from markupsafe import escape
 
 from chexstack.hub.client import HubClientError
 from chexstack.notebook import overview
 from chexstack.notebook.env import NotebookSettings
+from chexstack.predictions import PredictionCounts
 from tests.conftest import free_port
 
 NOTEBOOK = Path(__file__).resolve().parents[2] / "notebooks" / "models_and_training.ipynb"
 EVIL = '<script>alert("x")</script>&'
-ESCAPED = html.escape(EVIL, quote=True)
+ESCAPED = str(escape(EVIL))  # as the templates' autoescape writes it (quotes too)
 TB = "http://tb.example:6006"
 
 
@@ -210,7 +212,7 @@ def test_jobs_escape_everything_from_data() -> None:
 
 
 def test_prediction_counts_table_with_shares_and_notes() -> None:
-    result = overview.PredictionCounts(
+    result = PredictionCounts(
         topic="t.xray.predictions",
         since_ms=1_780_000_000_000,
         until_ms=1_780_000_000_000 + 3_600_000,
@@ -231,12 +233,12 @@ def test_prediction_counts_table_with_shares_and_notes() -> None:
 
 
 def test_prediction_counts_empty_state_and_escaping() -> None:
-    empty = overview.PredictionCounts(topic=EVIL, since_ms=0, until_ms=90_000)
+    empty = PredictionCounts(topic=EVIL, since_ms=0, until_ms=90_000)
     markup = overview.render_prediction_counts(empty)
     (row,) = rows(markup, "chexstack-prediction-counts")
     assert "no predictions in the last 90 seconds" in row
     assert "<script>" not in markup and ESCAPED in markup
-    counted = overview.PredictionCounts(topic="t", since_ms=0, until_ms=1, counts={(EVIL, 1, EVIL): 1})
+    counted = PredictionCounts(topic="t", since_ms=0, until_ms=1, counts={(EVIL, 1, EVIL): 1})
     assert "<script>" not in overview.render_prediction_counts(counted, EVIL)
 
 

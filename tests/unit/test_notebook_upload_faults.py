@@ -24,6 +24,9 @@ class FaultyUploader:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str | None]] = []
 
+    def read_path(self, path: Path) -> bytes:
+        return path.read_bytes()
+
     def upload_bytes(self, data: bytes, name: str, patient_id: str | None = None) -> IngestResult:
         self.calls.append((name, patient_id))
         if len(self.calls) == 2:
