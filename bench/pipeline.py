@@ -106,7 +106,7 @@ def main() -> None:
                 sys.executable,
                 "-m",
                 "chexstack",
-                "model",
+                "models",
                 "export",
                 "--out",
                 str(models),

@@ -30,7 +30,7 @@ chexstack kafka up --data-dir "$DEMO/kafka" --port "$KAFKA_PORT"
 
 if [ ! -d "$DEMO/models/chexnet/1" ]; then
   echo "== exporting CheXNet (DenseNet-121, random weights) to $DEMO/models/chexnet/1"
-  chexstack model export --out "$DEMO/models/chexnet" --version 1 --weights random --seed 0
+  chexstack models export --out "$DEMO/models/chexnet" --version 1 --weights random --seed 0
 fi
 
 echo "== chexstack serve: gRPC $CHEXSTACK_SERVING, REST 127.0.0.1:$REST_PORT"
