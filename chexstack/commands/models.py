@@ -10,6 +10,7 @@ import typer
 
 from chexstack.commands.hub import print_json, service
 from chexstack.settings import (
+    DEFAULT_SEED,
     DEFAULT_SERVING,
     HubOpt,
     JsonOpt,
@@ -110,7 +111,7 @@ def export(
             "random, imagenet (needs network) or a local .weights.h5 file (model or DenseNet-121 backbone).",
         ),
     ] = "random",
-    seed: Annotated[int | None, option("--seed", "Random seed for random initialisation.")] = None,
+    seed: Annotated[int, option("--seed", "Random seed for random initialisation.")] = DEFAULT_SEED,
 ) -> None:
     """Build CheXNet, write it as the SavedModel version OUT/<version>/ atomically and print its path."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from chexstack.settings import option
+from chexstack.settings import DEFAULT_MODEL_NAME, option
 
 
 def serve(  # the flags mirror tensorflow_model_server's (dashes for underscores)
@@ -16,8 +16,8 @@ def serve(  # the flags mirror tensorflow_model_server's (dashes for underscores
         Path | None, option("--model-config-file", "models.config (ModelServerConfig text proto).")
     ] = None,
     model_name: Annotated[
-        str | None, option("--model-name", "Name of the single model (with --model-base-path).")
-    ] = None,
+        str, option("--model-name", "Name of the single model served from --model-base-path.")
+    ] = DEFAULT_MODEL_NAME,
     model_base_path: Annotated[
         str | None, option("--model-base-path", "Directory holding numbered version dirs.")
     ] = None,
