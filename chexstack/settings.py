@@ -120,5 +120,7 @@ LogsDirOpt = Annotated[
 class Limits:
     """Upload limits; both are enforced before any pixel is decoded where the format allows."""
 
-    max_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 60_000_000
+    # The defaults are the CLI's; they stay here only while callers (ingest.Uploader, the notebook's
+    # upload panel) still build Limits() without values.
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
