@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from chexstack.blobstore import open_store  # noqa: E402
 from chexstack.broker import Broker  # noqa: E402
+from chexstack.commands.kafka import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS  # noqa: E402
 from chexstack.deid import load_or_create_key  # noqa: E402
 from chexstack.ingest import Uploader  # noqa: E402
 from chexstack.predictions import read_predictions  # noqa: E402
@@ -100,14 +101,14 @@ def main() -> None:
     try:
         broker.up()
         topics = Topics("bench.")
-        ensure_topics(broker.bootstrap, partitions=6, prefix=topics.prefix)
+        ensure_topics(broker.bootstrap, DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS, prefix=topics.prefix)
         models = work / "models" / "chexnet"
         subprocess.run(
             [
                 sys.executable,
                 "-m",
                 "chexstack",
-                "model",
+                "models",
                 "export",
                 "--out",
                 str(models),

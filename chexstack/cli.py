@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Annotated
 
 import typer
 
@@ -17,7 +18,6 @@ from chexstack.commands import (
     hub,
     jobs,
     kafka,
-    model,
     models,
     predictions,
     schemas,
@@ -44,9 +44,10 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Print the version."
-    ),
+    # An action like --help, not a setting: no CHEXSTACK_VERSION.
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=os.environ.get("CHEXSTACK_LOG_LEVEL", "INFO").upper(),
@@ -59,7 +60,6 @@ for module in (
     schemas,
     upload,
     data,
-    model,
     serve,
     workers,
     predictions,

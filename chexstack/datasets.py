@@ -50,7 +50,13 @@ TEST_LIST: Final = "test_list.txt"
 MANIFEST_COLUMNS: Final = ("path", "labels", "patient_id")
 # synth's dicom_labels.csv (and many exports) call the path column "file".
 _COLUMN_ALIASES: Final = {"file": "path"}
-_SPLIT_ALIASES: Final = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
+_SPLIT_ALIASES: Final[dict[str, FixedSplit]] = {
+    "train": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "test": "test",
+}
 _LABEL_KEYS: Final = {name.lower(): i for i, name in enumerate(LABELS)}
 _MIN_ID_SCRUB: Final = 3  # shorter ids would match unrelated digits in file names
 
@@ -304,7 +310,7 @@ def read_manifest(csv_path: Path, key: bytes) -> Listing:
             value = _SPLIT_ALIASES.get(fields[col["split"]].strip().lower())
             if value is None:
                 problem = problem or f"{shown}: split {fields[col['split']]!r} is not train, val or test"
-            split = value  # type: ignore[assignment]
+            split = value
         try:
             labels = parse_labels(fields[col["labels"]])
         except ValueError as exc:

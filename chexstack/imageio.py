@@ -10,8 +10,9 @@ from __future__ import annotations
 import io
 import struct
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Final, Literal, SupportsFloat
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -307,10 +308,11 @@ def _first(value: object) -> float | None:
     """WindowCenter/WindowWidth may be multi-valued: the first is the default view."""
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        seq = list(value)  # type: ignore[call-overload]
-        return float(seq[0]) if seq else None
-    return float(value)  # type: ignore[arg-type]
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):  # list, tuple, MultiValue
+        return float(value[0]) if len(value) else None
+    if isinstance(value, SupportsFloat | str):  # DSfloat, DSdecimal, IS or a plain number
+        return float(value)
+    raise ValueError(f"not a number: {value!r}")
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:

@@ -78,7 +78,9 @@ def _float_array(proto: Any) -> np.ndarray:
 
 
 class ServingClient:
-    def __init__(self, target: str, timeout_s: float = 30.0) -> None:
+    """TF Serving's gRPC API at `target`; every call waits at most `timeout_s` (--serving-timeout-s)."""
+
+    def __init__(self, target: str, *, timeout_s: float) -> None:
         self.target = target
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(

@@ -1,7 +1,8 @@
 """Every setting has one name: the CLI flag `--x-y` and the environment variable `CHEXSTACK_X_Y`.
 
-The typer options below are shared by all commands so a setting is spelled the same everywhere;
-role variables in the platform use the same names in lower case (`chexstack_kafka`, ...).
+Every command declares its options with `option()` below (typer's Annotated form); the options several
+commands share are the `*Opt` aliases. Role variables in the platform use the same names in lower case
+(`chexstack_kafka`, `workers_max_bytes`, ...).
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Annotated, Any, Final
 
 import typer
 
 DEFAULT_KAFKA: Final = "127.0.0.1:9092"
 DEFAULT_SERVING: Final = "127.0.0.1:8500"
 DEFAULT_MODEL_NAME: Final = "chexnet"
+# --seed of every command that draws random numbers (data synth/prepare, models export, train).
+DEFAULT_SEED: Final = 0
 IMAGE_SIZE: Final = 224
 
 
@@ -50,45 +53,74 @@ def env_name(flag: str) -> str:
     return "CHEXSTACK_" + flag.lstrip("-").replace("-", "_").upper()
 
 
-def _opt(default: object, flag: str, help_: str, **kw: object) -> object:
-    return typer.Option(default, flag, envvar=env_name(flag), help=help_, show_envvar=True, **kw)  # type: ignore[call-overload, arg-type]
+def option(flag: str, help: str, *, alias: str | None = None, **kw: Any) -> Any:
+    """The one way to declare a CLI option, in typer's Annotated form:
+
+        max_batch: Annotated[int, option("--max-batch", "Messages per transaction.", min=1)] = 16
+
+    The parameter's default is the option's default: with the role default, the only place it is
+    written. The option also reads `CHEXSTACK_<FLAG>` (env_name of `flag`, the part before "/" for an
+    on/off pair such as "--export/--no-export"); `alias` is a second spelling, e.g. a short "-f".
+    Returns typer's OptionInfo; `kw` are typer.Option's other arguments (min, max, show_default, ...).
+    """
+    decls = (flag,) if alias is None else (flag, alias)
+    return typer.Option(*decls, envvar=env_name(flag.split("/")[0]), help=help, show_envvar=True, **kw)
 
 
-KafkaOpt = _opt(DEFAULT_KAFKA, "--kafka", "Kafka bootstrap servers.")
-StoreOpt = _opt(None, "--store", "Blob store location (directory). Default: $CHEXSTACK_HOME/blobs.")
-ServingOpt = _opt(DEFAULT_SERVING, "--serving", "TF Serving gRPC target host:port.")
-PseudonymKeyOpt = _opt(
-    None,
-    "--pseudonym-key",
-    "Secret key for patient pseudonyms (keyed hash). Generated into the store if unset.",
-)
-ModelNameOpt = _opt(DEFAULT_MODEL_NAME, "--model-name", "Model name in serving.")
-MaxBytesOpt = _opt(64 * 1024 * 1024, "--max-bytes", "Largest accepted upload in bytes.", min=1)
-MaxPixelsOpt = _opt(
-    60_000_000, "--max-pixels", "Largest accepted image in pixels (decompression-bomb guard).", min=1
-)
-TopicPrefixOpt = _opt("", "--topic-prefix", "Prefix for every topic name (isolates tenants and test runs).")
-GroupOpt = _opt(None, "--group", "Kafka consumer group (default: chexstack-<worker>).")
+# Options several commands share, with their defaults: `kafka: KafkaOpt = DEFAULT_KAFKA`.
+KafkaOpt = Annotated[str, option("--kafka", "Kafka bootstrap servers.")]
+StoreOpt = Annotated[
+    str | None, option("--store", "Blob store location (directory). Default: $CHEXSTACK_HOME/blobs.")
+]
+ServingOpt = Annotated[str, option("--serving", "TF Serving gRPC target host:port.")]
+PseudonymKeyOpt = Annotated[
+    str | None,
+    option(
+        "--pseudonym-key",
+        "Secret key for patient pseudonyms (keyed hash). Generated into the store if unset.",
+    ),
+]
+ModelNameOpt = Annotated[str, option("--model-name", "Model name in serving.")]
+MaxBytesOpt = Annotated[int, option("--max-bytes", "Largest accepted upload in bytes.", min=1)]
+DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
+MaxPixelsOpt = Annotated[
+    int, option("--max-pixels", "Largest accepted image in pixels (decompression-bomb guard).", min=1)
+]
+DEFAULT_MAX_PIXELS: Final = 60_000_000
+TopicPrefixOpt = Annotated[
+    str, option("--topic-prefix", "Prefix for every topic name (isolates tenants and test runs).")
+]
+DEFAULT_TOPIC_PREFIX: Final = ""
+GroupOpt = Annotated[str | None, option("--group", "Kafka consumer group (default: chexstack-<worker>).")]
+JsonOpt = Annotated[bool, option("--json", "Print JSON.")]
 # Training and the model information hub.
-HubOpt = _opt(
-    None, "--hub", "Model information hub database (SQLite file). Default: $CHEXSTACK_HOME/hub/hub.sqlite."
-)
-ModelBaseOpt = _opt(
-    None,
-    "--model-base",
-    "Directory of the model's numbered SavedModel versions. Default: $CHEXSTACK_HOME/models/<model-name>.",
-)
-ModelConfigFileOpt = _opt(
-    None, "--model-config-file", "The serving models.config whose version labels promote/rollback rewrite."
-)
-LogsDirOpt = _opt(
-    None, "--logs-dir", "TensorBoard log directory (one run per job). Default: $CHEXSTACK_HOME/logs."
-)
+HubOpt = Annotated[
+    Path | None,
+    option("--hub", "Model information hub database (SQLite file). Default: $CHEXSTACK_HOME/hub/hub.sqlite."),
+]
+ModelBaseOpt = Annotated[
+    Path | None,
+    option(
+        "--model-base",
+        "Directory of the model's numbered SavedModel versions. "
+        "Default: $CHEXSTACK_HOME/models/<model-name>.",
+    ),
+]
+ModelConfigFileOpt = Annotated[
+    Path | None,
+    option("--model-config-file", "The serving models.config whose version labels promote/rollback rewrite."),
+]
+LogsDirOpt = Annotated[
+    Path | None,
+    option("--logs-dir", "TensorBoard log directory (one run per job). Default: $CHEXSTACK_HOME/logs."),
+]
 
 
 @dataclass(frozen=True)
 class Limits:
     """Upload limits; both are enforced before any pixel is decoded where the format allows."""
 
-    max_bytes: int = 64 * 1024 * 1024
-    max_pixels: int = 60_000_000
+    # The defaults are the CLI's; they stay here only while callers (ingest.Uploader, the notebook's
+    # upload panel) still build Limits() without values.
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS

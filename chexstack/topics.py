@@ -14,9 +14,6 @@ DLQ: Final = "xray.dlq"
 CONTROL: Final = "chexstack.control"
 ALL: Final = (UPLOADED, PREPROCESSED, PREDICTIONS, DLQ, CONTROL)
 
-DEFAULT_PARTITIONS: Final = 6
-DEFAULT_RETENTION_MS: Final = 7 * 24 * 3600 * 1000
-
 
 @dataclass(frozen=True)
 class Topics:
@@ -52,7 +49,8 @@ class TopicSpec:
     config: dict[str, str]
 
 
-def specs(partitions: int = DEFAULT_PARTITIONS, retention_ms: int = DEFAULT_RETENTION_MS) -> list[TopicSpec]:
+def specs(partitions: int, retention_ms: int) -> list[TopicSpec]:
+    """The topics with `partitions` and `retention_ms` (flags of `chexstack kafka topics`)."""
     if partitions < 1:
         raise ValueError(f"partitions must be >= 1, got {partitions}")
     if retention_ms < -1 or retention_ms == 0:
@@ -72,10 +70,11 @@ def specs(partitions: int = DEFAULT_PARTITIONS, retention_ms: int = DEFAULT_RETE
 
 def ensure_topics(
     bootstrap: str,
-    partitions: int = DEFAULT_PARTITIONS,
-    retention_ms: int = DEFAULT_RETENTION_MS,
+    partitions: int,
+    retention_ms: int,
+    *,
+    prefix: str,
     timeout_s: float = 30.0,
-    prefix: str = "",
 ) -> list[str]:
     """Create missing topics; returns the names created. Existing topics are left as they are."""
     admin = AdminClient({"bootstrap.servers": bootstrap})

@@ -21,16 +21,16 @@ cleanup() {
   echo "== stopping workers, serving and Kafka"
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  chexstack kafka down --data-dir "$DEMO/kafka" --port "$KAFKA_PORT" || true
+  chexstack kafka down --kafka-data-dir "$DEMO/kafka" --kafka-port "$KAFKA_PORT" || true
 }
 trap cleanup EXIT
 
 echo "== Kafka (KRaft) on $CHEXSTACK_KAFKA"
-chexstack kafka up --data-dir "$DEMO/kafka" --port "$KAFKA_PORT"
+chexstack kafka up --kafka-data-dir "$DEMO/kafka" --kafka-port "$KAFKA_PORT"
 
 if [ ! -d "$DEMO/models/chexnet/1" ]; then
   echo "== exporting CheXNet (DenseNet-121, random weights) to $DEMO/models/chexnet/1"
-  chexstack model export --out "$DEMO/models/chexnet" --version 1 --weights random --seed 0
+  chexstack models export --out "$DEMO/models/chexnet" --version 1 --weights random --seed 0
 fi
 
 echo "== chexstack serve: gRPC $CHEXSTACK_SERVING, REST 127.0.0.1:$REST_PORT"

@@ -56,10 +56,11 @@ def topics(kafka: str) -> dict[str, str]:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     from chexstack import topics as t
+    from chexstack.commands.kafka import DEFAULT_RETENTION_MS
 
     prefix = f"t{uuid.uuid4().hex[:8]}."
     admin = AdminClient({"bootstrap.servers": kafka})
-    specs = t.specs(partitions=int(os.environ.get("CHEXSTACK_TEST_PARTITIONS", "3")))
+    specs = t.specs(int(os.environ.get("CHEXSTACK_TEST_PARTITIONS", "3")), DEFAULT_RETENTION_MS)
     futs = admin.create_topics(
         [
             NewTopic(prefix + s.name, num_partitions=s.partitions, replication_factor=1, config=s.config)

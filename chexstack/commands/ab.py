@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from chexstack.settings import HubOpt, KafkaOpt, ModelConfigFileOpt, TopicPrefixOpt, default_hub
+from chexstack.settings import (
+    DEFAULT_KAFKA,
+    DEFAULT_TOPIC_PREFIX,
+    HubOpt,
+    KafkaOpt,
+    ModelConfigFileOpt,
+    TopicPrefixOpt,
+    default_hub,
+)
 
 ab_app = typer.Typer(
     help="A/B weights between model variants (TF Serving version labels).", no_args_is_help=True
@@ -15,14 +23,14 @@ ab_app = typer.Typer(
 
 @ab_app.command("set")
 def set_weights(
-    model_name: str = typer.Argument(..., help="Model name, e.g. chexnet."),
-    weights: list[str] = typer.Argument(
-        None, help="NAME=WEIGHT ..., e.g. stable=90 canary=10; none = latest."
-    ),
-    kafka: str = KafkaOpt,  # type: ignore[assignment]
-    topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
-    model_config_file: Path | None = ModelConfigFileOpt,  # type: ignore[assignment]
+    model_name: Annotated[str, typer.Argument(help="Model name, e.g. chexnet.")],
+    weights: Annotated[
+        list[str] | None, typer.Argument(help="NAME=WEIGHT ..., e.g. stable=90 canary=10; none = latest.")
+    ] = None,
+    kafka: KafkaOpt = DEFAULT_KAFKA,
+    topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
+    hub: HubOpt = None,
+    model_config_file: ModelConfigFileOpt = None,
 ) -> None:
     """Set the weights; running routers apply them within a second, without a restart.
 
@@ -63,9 +71,9 @@ def set_weights(
 
 @ab_app.command("show")
 def show(
-    model_name: str = typer.Argument(..., help="Model name."),
-    kafka: str = KafkaOpt,  # type: ignore[assignment]
-    topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
+    model_name: Annotated[str, typer.Argument(help="Model name.")],
+    kafka: KafkaOpt = DEFAULT_KAFKA,
+    topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
 ) -> None:
     """Print the current weights."""
     from chexstack.ab import read_weights

@@ -6,23 +6,26 @@ import logging
 import os
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
-from chexstack.settings import PseudonymKeyOpt, StoreOpt
+from chexstack.settings import DEFAULT_SEED, IMAGE_SIZE, PseudonymKeyOpt, StoreOpt, option
 
 data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
 
 
 @data_app.command("synth")
 def synth(
-    out: Path = typer.Option(..., "--out", help="Output directory (created if missing)."),
-    count: int = typer.Option(..., "--count", min=0, help="Number of images."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed gives byte-identical files."),
-    size: int = typer.Option(512, "--size", min=64, help="Width and height in pixels."),
-    dicom_fraction: float = typer.Option(
-        0.25, "--dicom-fraction", min=0.0, max=1.0, help="Fraction of images also written as DICOM."
-    ),
+    out: Annotated[Path, option("--out", "Output directory (created if missing).")],
+    count: Annotated[int, option("--count", "Number of images.", min=0)],
+    seed: Annotated[
+        int, option("--seed", "Random seed: the same seed gives byte-identical files.")
+    ] = DEFAULT_SEED,
+    size: Annotated[int, option("--size", "Width and height in pixels.", min=64)] = 512,
+    dicom_fraction: Annotated[
+        float, option("--dicom-fraction", "Fraction of images also written as DICOM.", min=0.0, max=1.0)
+    ] = 0.25,
 ) -> None:
     """Write SYNTHETIC chest radiographs with visible findings in the ChestX-ray14 layout.
 
@@ -67,39 +70,44 @@ class SourceFormat(StrEnum):
 
 @data_app.command("prepare")
 def prepare(
-    source: Path = typer.Argument(
-        ..., help="ChestX-ray14 folder (with Data_Entry_2017.csv) or a manifest CSV.", show_default=False
-    ),
-    out: Path = typer.Option(
-        ..., "--out", help="Output folder for the shards (must be empty unless --force)."
-    ),
-    fmt: SourceFormat = typer.Option(SourceFormat.auto, "--format", help="Source layout."),
-    image_size: int = typer.Option(224, "--image-size", min=8, help="Shard images are S x S pixels."),
-    val_fraction: float = typer.Option(
-        0.1, "--val-fraction", min=0.0, max=0.9, help="Share of images (by patient) for validation."
-    ),
-    test_fraction: float = typer.Option(
-        0.1,
-        "--test-fraction",
-        min=0.0,
-        max=0.9,
-        help="Share for test when the source does not fix it (manifest without split, no test_list.txt).",
-    ),
-    seed: int = typer.Option(
-        0, "--seed", help="Seed of the patient split: the same seed gives the same data set."
-    ),
-    skip_bad_rows: bool = typer.Option(
-        False, "--skip-bad-rows", help="Leave bad rows out (listed in dataset.json) instead of stopping."
-    ),
-    shard_size: int = typer.Option(4096, "--shard-size", min=1, help="Images per shard file."),
-    workers: int | None = typer.Option(
-        None, "--workers", min=1, help="Decoding processes. Default: the CPU count, at most 4."
-    ),
-    force: bool = typer.Option(
-        False, "--force", help="Replace a non-empty --out (only once the new one is complete)."
-    ),
-    store: str | None = StoreOpt,  # type: ignore[assignment]
-    pseudonym_key: str | None = PseudonymKeyOpt,  # type: ignore[assignment]
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="ChestX-ray14 folder (with Data_Entry_2017.csv) or a manifest CSV.", show_default=False
+        ),
+    ],
+    out: Annotated[Path, option("--out", "Output folder for the shards (must be empty unless --force).")],
+    fmt: Annotated[SourceFormat, option("--format", "Source layout.")] = SourceFormat.auto,
+    image_size: Annotated[int, option("--image-size", "Shard images are S x S pixels.", min=8)] = IMAGE_SIZE,
+    val_fraction: Annotated[
+        float,
+        option("--val-fraction", "Share of images (by patient) for validation.", min=0.0, max=0.9),
+    ] = 0.1,
+    test_fraction: Annotated[
+        float,
+        option(
+            "--test-fraction",
+            "Share for test when the source does not fix it (manifest without split, no test_list.txt).",
+            min=0.0,
+            max=0.9,
+        ),
+    ] = 0.1,
+    seed: Annotated[
+        int, option("--seed", "Seed of the patient split: the same seed gives the same data set.")
+    ] = DEFAULT_SEED,
+    skip_bad_rows: Annotated[
+        bool,
+        option("--skip-bad-rows", "Leave bad rows out (listed in dataset.json) instead of stopping."),
+    ] = False,
+    shard_size: Annotated[int, option("--shard-size", "Images per shard file.", min=1)] = 4096,
+    workers: Annotated[
+        int | None, option("--workers", "Decoding processes. Default: the CPU count, at most 4.", min=1)
+    ] = None,
+    force: Annotated[
+        bool, option("--force", "Replace a non-empty --out (only once the new one is complete).")
+    ] = False,
+    store: StoreOpt = None,
+    pseudonym_key: PseudonymKeyOpt = None,
 ) -> None:
     """Turn a data set into uint8 shards with the preprocess worker's transform, split by patient.
 

@@ -6,22 +6,23 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from chexstack.settings import (
     DEFAULT_KAFKA,
     DEFAULT_SERVING,
+    DEFAULT_TOPIC_PREFIX,
     HubOpt,
+    JsonOpt,
     KafkaOpt,
     ModelBaseOpt,
     ModelConfigFileOpt,
     ServingOpt,
     TopicPrefixOpt,
-    _opt,
     default_hub,
-    env_name,
+    option,
 )
 
 if TYPE_CHECKING:
@@ -29,13 +30,6 @@ if TYPE_CHECKING:
 
 hub_app = typer.Typer(
     help="The model information hub (projects, models, jobs) and its HTTP API.", no_args_is_help=True
-)
-
-HubTokenOpt = _opt(
-    None,
-    "--hub-token",
-    "Bearer token the hub API requires (all but /healthz). Unset: no token.",
-    show_default=False,
 )
 
 
@@ -53,7 +47,7 @@ def service(
     model_base: Path | None = None,
     serving: str = DEFAULT_SERVING,
     kafka: str = DEFAULT_KAFKA,
-    topic_prefix: str = "",
+    topic_prefix: str = DEFAULT_TOPIC_PREFIX,
 ) -> Iterator[Service]:
     """Open the hub and yield the service; hub, models.config and service errors become `fail`."""
     from chexstack.hub.handoff import HandoffError
@@ -87,40 +81,37 @@ def print_json(value: Any) -> None:
 
 @hub_app.command("serve")
 def serve(
-    # --host/--port as asked for, but the variables are CHEXSTACK_HUB_HOST/PORT: CHEXSTACK_HOST and
-    # CHEXSTACK_PORT already belong to `chexstack serve`.
-    host: str = typer.Option(
-        "127.0.0.1",
-        "--host",
-        "--hub-host",
-        envvar=env_name("--hub-host"),
-        show_envvar=True,
-        help="Address the hub API binds (127.0.0.1: this machine only).",
-    ),
-    port: int = typer.Option(
-        8600,
-        "--port",
-        "--hub-port",
-        envvar=env_name("--hub-port"),
-        show_envvar=True,
-        min=0,
-        max=65535,
-        help="Port of the hub API.",
-    ),
-    token: str | None = HubTokenOpt,  # type: ignore[assignment]
-    reruns: bool = typer.Option(
-        True,
-        "--reruns/--no-reruns",
-        envvar=env_name("--hub-reruns"),
-        show_envvar=True,
-        help="Let POST /v1/jobs/ID/rerun train in this process's environment (off where it has no data).",
-    ),
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
-    model_config_file: Path | None = ModelConfigFileOpt,  # type: ignore[assignment]
-    model_base: Path | None = ModelBaseOpt,  # type: ignore[assignment]
-    serving: str = ServingOpt,  # type: ignore[assignment]
-    kafka: str = KafkaOpt,  # type: ignore[assignment]
-    topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
+    # The variables are CHEXSTACK_HUB_HOST/PORT/RERUNS (CHEXSTACK_HOST and CHEXSTACK_PORT belong to
+    # `chexstack serve`); the short --host/--port/--reruns stay as aliases.
+    host: Annotated[
+        str,
+        option("--hub-host", "Address the hub API binds (127.0.0.1: this machine only).", alias="--host"),
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, option("--hub-port", "Port of the hub API.", alias="--port", min=0, max=65535)
+    ] = 8600,
+    token: Annotated[
+        str | None,
+        option(
+            "--hub-token",
+            "Bearer token the hub API requires (all but /healthz). Unset: no token.",
+            show_default=False,
+        ),
+    ] = None,
+    reruns: Annotated[
+        bool,
+        option(
+            "--hub-reruns/--no-hub-reruns",
+            "Let POST /v1/jobs/ID/rerun train in this process's environment (off where it has no data).",
+            alias="--reruns/--no-reruns",
+        ),
+    ] = True,
+    hub: HubOpt = None,
+    model_config_file: ModelConfigFileOpt = None,
+    model_base: ModelBaseOpt = None,
+    serving: ServingOpt = DEFAULT_SERVING,
+    kafka: KafkaOpt = DEFAULT_KAFKA,
+    topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
 ) -> None:
     """Serve the hub's JSON HTTP API until SIGTERM/SIGINT."""
     import signal
@@ -147,8 +138,8 @@ def serve(
 
 @hub_app.command("projects")
 def projects(
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
+    as_json: JsonOpt = False,
+    hub: HubOpt = None,
 ) -> None:
     """Projects and their model variations, with job counts."""
     with service(hub) as svc:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from chexstack.commands.hub import fail, print_json, service
-from chexstack.settings import HubOpt
+from chexstack.settings import HubOpt, JsonOpt, option
 
 if TYPE_CHECKING:
     from chexstack.hub.store import Job
@@ -28,10 +27,10 @@ def _line(job: Job) -> str:
 
 @jobs_app.command("list")
 def list_jobs(
-    kind: str | None = typer.Option(None, "--kind", help="train or serve."),
-    limit: int = typer.Option(50, "--limit", min=1, help="Newest N jobs."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
+    kind: Annotated[str | None, option("--kind", "train or serve.")] = None,
+    limit: Annotated[int, option("--limit", "Newest N jobs.", min=1)] = 50,
+    as_json: JsonOpt = False,
+    hub: HubOpt = None,
 ) -> None:
     """Jobs, newest first."""
     if kind is not None and kind not in ("train", "serve"):
@@ -49,9 +48,9 @@ def list_jobs(
 
 @jobs_app.command("show")
 def show(
-    job_id: str = typer.Argument(..., help="Job id (or a unique prefix of 4+ characters)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
+    job_id: Annotated[str, typer.Argument(help="Job id (or a unique prefix of 4+ characters).")],
+    as_json: JsonOpt = False,
+    hub: HubOpt = None,
 ) -> None:
     """One job with its spec snapshot and results."""
     import yaml
@@ -66,8 +65,8 @@ def show(
 
 @jobs_app.command("rerun")
 def rerun(
-    job_id: str = typer.Argument(..., help="Id of the train job to run again with its recorded config."),
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
+    job_id: Annotated[str, typer.Argument(help="Id of the train job to run again with its recorded config.")],
+    hub: HubOpt = None,
 ) -> None:
     """Run `chexstack train` again with the job's config snapshot; recorded as a new job (rerun of ID)."""
     with service(hub) as svc:

@@ -3,34 +3,43 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Final
 
 import typer
 
-from chexstack.settings import KafkaOpt, TopicPrefixOpt, env_name
+from chexstack.settings import DEFAULT_KAFKA, DEFAULT_TOPIC_PREFIX, KafkaOpt, TopicPrefixOpt, option
+
+if TYPE_CHECKING:
+    from chexstack.broker import Broker
 
 kafka_app = typer.Typer(
     help="Run a real single-node Kafka broker (KRaft) on 127.0.0.1.", no_args_is_help=True
 )
 
-DataDirOpt = typer.Option(
-    None,
-    "--data-dir",
-    envvar=env_name("--kafka-data-dir"),
-    show_envvar=True,
-    help="Broker state directory. Default: $CHEXSTACK_HOME/kafka.",
-)
-PortOpt = typer.Option(
-    9092,
-    "--port",
-    envvar=env_name("--kafka-port"),
-    show_envvar=True,
-    min=1,
-    max=65534,
-    help="Client port; the KRaft controller uses port+1.",
-)
+# --kafka-data-dir and --kafka-port are the setting names (CHEXSTACK_KAFKA_DATA_DIR/PORT); the short
+# --data-dir and --port stay as aliases.
+DataDirOpt = Annotated[
+    Path | None,
+    option("--kafka-data-dir", "Broker state directory. Default: $CHEXSTACK_HOME/kafka.", alias="--data-dir"),
+]
+PortOpt = Annotated[
+    int,
+    option(
+        "--kafka-port",
+        "Client port; the KRaft controller uses port+1.",
+        alias="--port",
+        min=1,
+        max=65534,
+    ),
+]
+DEFAULT_PORT: Final = 9092
+PartitionsOpt = Annotated[int, option("--partitions", "Partitions for the xray.* topics.", min=1)]
+DEFAULT_PARTITIONS: Final = 6
+RetentionMsOpt = Annotated[int, option("--retention-ms", "Retention of the xray.* topics.")]
+DEFAULT_RETENTION_MS: Final = 7 * 24 * 3600 * 1000
 
 
-def _broker(data_dir: Path | None, port: int):  # type: ignore[no-untyped-def]
+def _broker(data_dir: Path | None, port: int) -> Broker:
     from chexstack.broker import Broker, default_data_dir
 
     return Broker(data_dir or default_data_dir(), port=port)
@@ -38,14 +47,12 @@ def _broker(data_dir: Path | None, port: int):  # type: ignore[no-untyped-def]
 
 @kafka_app.command("up")
 def up(
-    data_dir: Path | None = DataDirOpt,
-    port: int = PortOpt,
-    heap: str = typer.Option("512m", "--heap", help="JVM heap size."),
-    partitions: int = typer.Option(6, "--partitions", min=1, help="Partitions for the xray.* topics."),
-    retention_ms: int = typer.Option(
-        7 * 24 * 3600 * 1000, "--retention-ms", help="Retention of the xray.* topics."
-    ),
-    topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
+    data_dir: DataDirOpt = None,
+    port: PortOpt = DEFAULT_PORT,
+    heap: Annotated[str, option("--heap", "JVM heap size.")] = "512m",
+    partitions: PartitionsOpt = DEFAULT_PARTITIONS,
+    retention_ms: RetentionMsOpt = DEFAULT_RETENTION_MS,
+    topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
 ) -> None:
     """Start the broker in the background and create the topics; returns once it accepts connections."""
     from chexstack.broker import BrokerError
@@ -64,13 +71,13 @@ def up(
 
 
 @kafka_app.command("down")
-def down(data_dir: Path | None = DataDirOpt, port: int = PortOpt) -> None:
+def down(data_dir: DataDirOpt = None, port: PortOpt = DEFAULT_PORT) -> None:
     """Stop the broker started by `up`; its data stays in the data directory."""
     typer.echo(f"kafka {_broker(data_dir, port).down()}")
 
 
 @kafka_app.command("status")
-def status(data_dir: Path | None = DataDirOpt, port: int = PortOpt) -> None:
+def status(data_dir: DataDirOpt = None, port: PortOpt = DEFAULT_PORT) -> None:
     """Exit 0 when the broker runs and accepts connections, 1 otherwise."""
     broker = _broker(data_dir, port)
     pid = broker.running_pid()
@@ -81,10 +88,10 @@ def status(data_dir: Path | None = DataDirOpt, port: int = PortOpt) -> None:
 
 @kafka_app.command("topics")
 def topics_cmd(
-    kafka: str = KafkaOpt,  # type: ignore[assignment]
-    partitions: int = typer.Option(6, "--partitions", min=1),
-    retention_ms: int = typer.Option(7 * 24 * 3600 * 1000, "--retention-ms"),
-    topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
+    kafka: KafkaOpt = DEFAULT_KAFKA,
+    partitions: PartitionsOpt = DEFAULT_PARTITIONS,
+    retention_ms: RetentionMsOpt = DEFAULT_RETENTION_MS,
+    topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
 ) -> None:
     """Create the CheXStack topics on any broker (existing topics are left unchanged)."""
     from chexstack.topics import ensure_topics

@@ -1,29 +1,48 @@
-"""`chexstack models list|promote|rollback`: versions, serving state and the stable/canary labels."""
+"""`chexstack models list|promote|rollback|export`: versions, serving state, stable/canary labels, export."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Annotated, Final
 
 import typer
 
 from chexstack.commands.hub import print_json, service
-from chexstack.settings import HubOpt, ModelBaseOpt, ModelConfigFileOpt, ServingOpt
-
-models_app = typer.Typer(help="Model versions, their serving state and version labels.", no_args_is_help=True)
-
-WaitOpt = typer.Option(
-    60.0, "--wait-s", min=0.0, help="How long to wait for serving to apply the new label (0: do not wait)."
+from chexstack.settings import (
+    DEFAULT_SEED,
+    DEFAULT_SERVING,
+    HubOpt,
+    JsonOpt,
+    ModelBaseOpt,
+    ModelConfigFileOpt,
+    ServingOpt,
+    option,
 )
+
+models_app = typer.Typer(
+    help="Model versions, their serving state and version labels; CheXNet export for serving.",
+    no_args_is_help=True,
+)
+
+NameArg = Annotated[str, typer.Argument(help="Model name, e.g. chexnet.")]
+WaitOpt = Annotated[
+    float,
+    option("--wait-s", "How long to wait for serving to apply the new label (0: do not wait).", min=0.0),
+]
+DEFAULT_WAIT_S: Final = 60.0
 
 
 @models_app.command("list")
 def list_models(
-    name: str | None = typer.Argument(None, help="Model name (default: every model in models.config)."),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
-    model_config_file: Path | None = ModelConfigFileOpt,  # type: ignore[assignment]
-    model_base: Path | None = ModelBaseOpt,  # type: ignore[assignment]
-    serving: str = ServingOpt,  # type: ignore[assignment]
+    name: Annotated[
+        str | None, typer.Argument(help="Model name (default: every model in models.config).")
+    ] = None,
+    as_json: JsonOpt = False,
+    hub: HubOpt = None,
+    model_config_file: ModelConfigFileOpt = None,
+    model_base: ModelBaseOpt = None,
+    serving: ServingOpt = DEFAULT_SERVING,
 ) -> None:
     """Versions on disk, their state in serving, their labels and the train job behind each."""
     with service(hub, model_config_file=model_config_file, model_base=model_base, serving=serving) as svc:
@@ -44,13 +63,13 @@ def list_models(
 
 @models_app.command("promote")
 def promote(
-    name: str = typer.Argument(..., help="Model name, e.g. chexnet."),
-    version: int = typer.Argument(..., help="Version to label."),
-    label: str = typer.Option(..., "--label", help="stable or canary."),
-    wait_s: float = WaitOpt,
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
-    model_config_file: Path | None = ModelConfigFileOpt,  # type: ignore[assignment]
-    serving: str = ServingOpt,  # type: ignore[assignment]
+    name: NameArg,
+    version: Annotated[int, typer.Argument(help="Version to label.")],
+    label: Annotated[str, option("--label", "stable or canary.")],
+    wait_s: WaitOpt = DEFAULT_WAIT_S,
+    hub: HubOpt = None,
+    model_config_file: ModelConfigFileOpt = None,
+    serving: ServingOpt = DEFAULT_SERVING,
 ) -> None:
     """Point a label at a version serving has loaded (refused otherwise); recorded as a serve job."""
     with service(hub, model_config_file=model_config_file, serving=serving) as svc:
@@ -60,12 +79,12 @@ def promote(
 
 @models_app.command("rollback")
 def rollback(
-    name: str = typer.Argument(..., help="Model name, e.g. chexnet."),
-    label: str = typer.Option("stable", "--label", help="The label to roll back."),
-    wait_s: float = WaitOpt,
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
-    model_config_file: Path | None = ModelConfigFileOpt,  # type: ignore[assignment]
-    serving: str = ServingOpt,  # type: ignore[assignment]
+    name: NameArg,
+    label: Annotated[str, option("--label", "The label to roll back.")] = "stable",
+    wait_s: WaitOpt = DEFAULT_WAIT_S,
+    hub: HubOpt = None,
+    model_config_file: ModelConfigFileOpt = None,
+    serving: ServingOpt = DEFAULT_SERVING,
 ) -> None:
     """Return the label (stable by default) to the version it had before."""
     with service(hub, model_config_file=model_config_file, serving=serving) as svc:
@@ -79,6 +98,32 @@ def _report(results: dict[str, object], name: str, job_id: str) -> None:
         f"{name}: {results['label']} -> v{results['version']} (was {results['previous_version'] or 'unset'})"
         f"{applied}; job {job_id}"
     )
+
+
+@models_app.command("export")
+def export(
+    out: Annotated[Path, option("--out", "Model base path, e.g. MODEL_BASE/chexnet.")],
+    version: Annotated[int | None, option("--version", "Version number (default: next free).", min=1)] = None,
+    weights: Annotated[
+        str,
+        option(
+            "--weights",
+            "random, imagenet (needs network) or a local .weights.h5 file (model or DenseNet-121 backbone).",
+        ),
+    ] = "random",
+    seed: Annotated[int, option("--seed", "Random seed for random initialisation.")] = DEFAULT_SEED,
+) -> None:
+    """Build CheXNet, write it as the SavedModel version OUT/<version>/ atomically and print its path."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from chexstack.model import WeightsError, build_chexnet, export_saved_model
+
+    try:
+        model = build_chexnet(weights, seed=seed)
+        path = export_saved_model(model, out, version, weights_source=weights)
+    except (WeightsError, FileExistsError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(str(path))
 
 
 def register(app: typer.Typer) -> None:

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
-from chexstack.settings import KafkaOpt, TopicPrefixOpt
+from chexstack.settings import DEFAULT_KAFKA, DEFAULT_TOPIC_PREFIX, KafkaOpt, TopicPrefixOpt, option
 
 
 def predictions(
-    image_id: list[str] = typer.Option(
-        [], "--image-id", help="Only these images (repeatable); waits for each."
-    ),
-    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new predictions."),
-    timeout: float | None = typer.Option(None, "--timeout", min=0, help="Stop after S seconds."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per prediction per line."),
-    threshold: float = typer.Option(
-        0.5, "--threshold", min=0.0, max=1.0, help="Findings shown at or above this."
-    ),
-    kafka: str = KafkaOpt,  # type: ignore[assignment]
-    topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
+    image_id: Annotated[
+        list[str] | None, option("--image-id", "Only these images (repeatable); waits for each.")
+    ] = None,
+    follow: Annotated[bool, option("--follow", "Keep printing new predictions.", alias="-f")] = False,
+    timeout: Annotated[float | None, option("--timeout", "Stop after S seconds.", min=0)] = None,
+    as_json: Annotated[bool, option("--json", "One JSON object per prediction per line.")] = False,
+    threshold: Annotated[
+        float, option("--threshold", "Findings shown at or above this.", min=0.0, max=1.0)
+    ] = 0.5,
+    kafka: KafkaOpt = DEFAULT_KAFKA,
+    topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
 ) -> None:
     """Print predictions from xray.predictions. Exit 1 if an --image-id got none before --timeout."""
     from rich.console import Console
@@ -27,6 +29,7 @@ def predictions(
     from chexstack.predictions import read_predictions
     from chexstack.topics import Topics
 
+    wanted = image_id or []
     console = Console()
     seen: set[str] = set()
     table = None
@@ -36,7 +39,7 @@ def predictions(
         for name in ("model", "variant", "top findings", "e2e ms"):
             table.add_column(name)
     for pred in read_predictions(
-        kafka, Topics(topic_prefix).predictions, image_ids=image_id, follow=follow, timeout_s=timeout
+        kafka, Topics(topic_prefix).predictions, image_ids=wanted, follow=follow, timeout_s=timeout
     ):
         seen.add(pred.image_id)
         if as_json:
@@ -57,7 +60,7 @@ def predictions(
             typer.echo("\t".join(row))
     if table is not None:
         console.print(table)
-    missing = set(image_id) - seen
+    missing = set(wanted) - seen
     if missing:
         typer.echo(f"no prediction yet for: {', '.join(sorted(missing))}", err=True)
         raise typer.Exit(1)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
+
+from chexstack.settings import option
 
 schemas_app = typer.Typer(help="Message contracts.", no_args_is_help=True)
 
 
 @schemas_app.command("export")
-def export(out: Path = typer.Option(Path("docs/schemas"), "--out", help="Output directory.")) -> None:
+def export(out: Annotated[Path, option("--out", "Output directory.")] = Path("docs/schemas")) -> None:
     """Write <topic>.schema.json for every topic."""
     from chexstack.messages import export_json_schemas
 

@@ -4,40 +4,44 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated
 
 import typer
 
-from chexstack.settings import env_name
+from chexstack.settings import DEFAULT_MODEL_NAME, option
 
 
-def _opt(default: Any, flag: str, help_: str, **kw: Any) -> Any:
-    """Flags mirror tensorflow_model_server's (dashes for underscores); each also reads CHEXSTACK_<FLAG>."""
-    return typer.Option(default, flag, envvar=env_name(flag), help=help_, show_envvar=True, **kw)
-
-
-def serve(
-    model_config_file: Path | None = _opt(
-        None, "--model-config-file", "models.config (ModelServerConfig text proto)."
-    ),
-    model_name: str | None = _opt(None, "--model-name", "Name of the single model (with --model-base-path)."),
-    model_base_path: str | None = _opt(None, "--model-base-path", "Directory holding numbered version dirs."),
-    port: int = _opt(8500, "--port", "gRPC port.", min=0, max=65535),
-    rest_api_port: int = _opt(8501, "--rest-api-port", "HTTP/REST port.", min=0, max=65535),
-    host: str = _opt("127.0.0.1", "--host", "Address to bind both ports to."),
-    model_config_file_poll_wait_seconds: float = _opt(
-        30.0, "--model-config-file-poll-wait-seconds", "Re-read the config file this often (0: never)."
-    ),
-    file_system_poll_wait_seconds: float = _opt(
-        2.0, "--file-system-poll-wait-seconds", "Scan base paths for new versions this often (0: never)."
-    ),
-    enable_batching: bool = _opt(False, "--enable-batching", "Batch concurrent requests server-side."),
-    batching_parameters_file: Path | None = _opt(
-        None, "--batching-parameters-file", "BatchingParameters text proto."
-    ),
-    monitoring_config_file: Path | None = _opt(
-        None, "--monitoring-config-file", "MonitoringConfig text proto (Prometheus endpoint)."
-    ),
+def serve(  # the flags mirror tensorflow_model_server's (dashes for underscores)
+    model_config_file: Annotated[
+        Path | None, option("--model-config-file", "models.config (ModelServerConfig text proto).")
+    ] = None,
+    model_name: Annotated[
+        str, option("--model-name", "Name of the single model served from --model-base-path.")
+    ] = DEFAULT_MODEL_NAME,
+    model_base_path: Annotated[
+        str | None, option("--model-base-path", "Directory holding numbered version dirs.")
+    ] = None,
+    port: Annotated[int, option("--port", "gRPC port.", min=0, max=65535)] = 8500,
+    rest_api_port: Annotated[int, option("--rest-api-port", "HTTP/REST port.", min=0, max=65535)] = 8501,
+    host: Annotated[str, option("--host", "Address to bind both ports to.")] = "127.0.0.1",
+    model_config_file_poll_wait_seconds: Annotated[
+        float,
+        option("--model-config-file-poll-wait-seconds", "Re-read the config file this often (0: never)."),
+    ] = 30.0,
+    file_system_poll_wait_seconds: Annotated[
+        float,
+        option("--file-system-poll-wait-seconds", "Scan base paths for new versions this often (0: never)."),
+    ] = 2.0,
+    enable_batching: Annotated[
+        bool, option("--enable-batching", "Batch concurrent requests server-side.")
+    ] = False,
+    batching_parameters_file: Annotated[
+        Path | None, option("--batching-parameters-file", "BatchingParameters text proto.")
+    ] = None,
+    monitoring_config_file: Annotated[
+        Path | None,
+        option("--monitoring-config-file", "MonitoringConfig text proto (Prometheus endpoint)."),
+    ] = None,
 ) -> None:
     """Serve SavedModels over TF Serving's REST and gRPC APIs until SIGTERM/SIGINT."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

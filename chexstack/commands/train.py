@@ -6,64 +6,82 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 
-from chexstack.settings import HubOpt, LogsDirOpt, ModelBaseOpt, ModelConfigFileOpt, _opt, env_name
+from chexstack.settings import HubOpt, LogsDirOpt, ModelBaseOpt, ModelConfigFileOpt, option
 
 # Defaults live in TrainConfig: a flag left out must not override the --config file, so all are None here.
-_NONE_HELP = " Default: from --config, else TrainConfig's."
-
-
-def _o(flag: str, help_: str, **kw: object) -> Any:
-    return _opt(None, flag, help_ + _NONE_HELP, **kw)
-
-
-def _switch(flag: str, help_: str) -> Any:
-    return typer.Option(
-        None, f"{flag}/--no-{flag[2:]}", envvar=env_name(flag), show_envvar=True, help=help_ + _NONE_HELP
-    )
+_CFG = " Default: from --config, else TrainConfig's."
 
 
 def train(
-    config_file: Path | None = typer.Option(
-        None,
-        "--config",
-        help="YAML file of TrainConfig settings (the hub's spec['config'] is one).",
-        exists=False,
-    ),
-    data_dir: Path | None = _o("--data-dir", "Shards from `chexstack data prepare`."),
-    epochs: int | None = _o("--epochs", "Total epochs (a resumed job continues to this many).", min=1),
-    batch_size: int | None = _o("--batch-size", "Images per step (16).", min=1),
-    lr: float | None = _o("--lr", "Initial Adam learning rate (1e-3)."),
-    beta_1: float | None = _o("--beta-1", "Adam beta_1 (0.9)."),
-    beta_2: float | None = _o("--beta-2", "Adam beta_2 (0.999)."),
-    plateau_patience: int | None = _o("--plateau-patience", "Epochs without val-loss gain before lr drops."),
-    plateau_factor: float | None = _o("--plateau-factor", "lr factor on a plateau (0.1)."),
-    class_weighted: bool | None = _switch("--class-weighted", "Class-weighted BCE."),
-    weights: str | None = _o("--weights", "random, imagenet or a local .weights.h5 file."),
-    image_size: int | None = _o("--image-size", "Must equal the shards' image size."),
-    seed: int | None = _o("--seed", "Random seed."),
-    mixed_precision: str | None = _o("--mixed-precision", "auto|on|off (auto: on with a GPU)."),
-    xla: str | None = _o("--xla", "auto|on|off (auto: on with a GPU)."),
-    job_dir: Path | None = _o("--job-dir", "Checkpoints and resume state; reuse it to resume."),
-    logs_dir: Path | None = LogsDirOpt,  # type: ignore[assignment]
-    model_name: str | None = _o("--model-name", "Model name in serving (chexnet)."),
-    model_base: Path | None = ModelBaseOpt,  # type: ignore[assignment]
-    export: bool | None = _switch("--export", "Export a SavedModel version when done."),
-    handoff_label: str | None = _o("--handoff-label", "Label the new version canary|stable in serving."),
-    model_config_file: Path | None = ModelConfigFileOpt,  # type: ignore[assignment]
-    serving: str | None = _o("--serving", "Serving gRPC target the hand-off waits on."),
-    project: str | None = _o("--project", "Hub project."),
-    variation: str | None = _o("--variation", "Hub model variation."),
-    max_steps_per_epoch: int | None = _o("--max-steps-per-epoch", "Cap on steps per epoch.", min=1),
-    eval_split: str | None = _o("--eval-split", "test|val: split of the final report."),
-    workers: int | None = _o("--workers", "Threads preparing batches.", min=1),
-    hub: Path | None = HubOpt,  # type: ignore[assignment]
-    no_hub: bool = typer.Option(
-        False, "--no-hub", help="Do not record the job in the model information hub."
-    ),
+    config_file: Annotated[
+        Path | None,
+        option("--config", "YAML file of TrainConfig settings (the hub's spec['config'] is one)."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None, option("--data-dir", "Shards from `chexstack data prepare`." + _CFG)
+    ] = None,
+    epochs: Annotated[
+        int | None, option("--epochs", "Total epochs (a resumed job continues to this many)." + _CFG, min=1)
+    ] = None,
+    batch_size: Annotated[int | None, option("--batch-size", "Images per step (16)." + _CFG, min=1)] = None,
+    lr: Annotated[float | None, option("--lr", "Initial Adam learning rate (1e-3)." + _CFG)] = None,
+    beta_1: Annotated[float | None, option("--beta-1", "Adam beta_1 (0.9)." + _CFG)] = None,
+    beta_2: Annotated[float | None, option("--beta-2", "Adam beta_2 (0.999)." + _CFG)] = None,
+    plateau_patience: Annotated[
+        int | None, option("--plateau-patience", "Epochs without val-loss gain before lr drops." + _CFG)
+    ] = None,
+    plateau_factor: Annotated[
+        float | None, option("--plateau-factor", "lr factor on a plateau (0.1)." + _CFG)
+    ] = None,
+    class_weighted: Annotated[
+        bool | None, option("--class-weighted/--no-class-weighted", "Class-weighted BCE." + _CFG)
+    ] = None,
+    weights: Annotated[
+        str | None, option("--weights", "random, imagenet or a local .weights.h5 file." + _CFG)
+    ] = None,
+    image_size: Annotated[
+        int | None, option("--image-size", "Must equal the shards' image size." + _CFG)
+    ] = None,
+    seed: Annotated[int | None, option("--seed", "Random seed." + _CFG)] = None,
+    mixed_precision: Annotated[
+        str | None, option("--mixed-precision", "auto|on|off (auto: on with a GPU)." + _CFG)
+    ] = None,
+    xla: Annotated[str | None, option("--xla", "auto|on|off (auto: on with a GPU)." + _CFG)] = None,
+    job_dir: Annotated[
+        Path | None, option("--job-dir", "Checkpoints and resume state; reuse it to resume." + _CFG)
+    ] = None,
+    logs_dir: LogsDirOpt = None,
+    model_name: Annotated[
+        str | None, option("--model-name", "Model name in serving (chexnet)." + _CFG)
+    ] = None,
+    model_base: ModelBaseOpt = None,
+    export: Annotated[
+        bool | None, option("--export/--no-export", "Export a SavedModel version when done." + _CFG)
+    ] = None,
+    handoff_label: Annotated[
+        str | None, option("--handoff-label", "Label the new version canary|stable in serving." + _CFG)
+    ] = None,
+    model_config_file: ModelConfigFileOpt = None,
+    serving: Annotated[
+        str | None, option("--serving", "Serving gRPC target the hand-off waits on." + _CFG)
+    ] = None,
+    project: Annotated[str | None, option("--project", "Hub project." + _CFG)] = None,
+    variation: Annotated[str | None, option("--variation", "Hub model variation." + _CFG)] = None,
+    max_steps_per_epoch: Annotated[
+        int | None, option("--max-steps-per-epoch", "Cap on steps per epoch." + _CFG, min=1)
+    ] = None,
+    eval_split: Annotated[
+        str | None, option("--eval-split", "test|val: split of the final report." + _CFG)
+    ] = None,
+    workers: Annotated[int | None, option("--workers", "Threads preparing batches." + _CFG, min=1)] = None,
+    hub: HubOpt = None,
+    no_hub: Annotated[
+        bool, option("--no-hub", "Do not record the job in the model information hub.")
+    ] = False,
 ) -> None:
     """Train CheXNet (DenseNet-121, 14 sigmoid outputs) on uint8 shards, with TensorBoard logs and a report.
 

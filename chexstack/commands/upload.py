@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from chexstack.settings import (
+    DEFAULT_KAFKA,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_TOPIC_PREFIX,
     KafkaOpt,
     MaxBytesOpt,
     MaxPixelsOpt,
     PseudonymKeyOpt,
     StoreOpt,
     TopicPrefixOpt,
+    option,
 )
 
 
@@ -30,18 +36,19 @@ def _files(paths: list[Path]) -> Iterator[Path]:
 
 
 def upload(
-    paths: list[Path] = typer.Argument(
-        ..., help="Files or directories (walked recursively).", show_default=False
-    ),
-    patient_id: str | None = typer.Option(
-        None, "--patient-id", help="Patient ID for every file (pseudonymised; overrides the DICOM PatientID)."
-    ),
-    kafka: str = KafkaOpt,  # type: ignore[assignment]
-    store: str | None = StoreOpt,  # type: ignore[assignment]
-    pseudonym_key: str | None = PseudonymKeyOpt,  # type: ignore[assignment]
-    max_bytes: int = MaxBytesOpt,  # type: ignore[assignment]
-    max_pixels: int = MaxPixelsOpt,  # type: ignore[assignment]
-    topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
+    paths: Annotated[
+        list[Path], typer.Argument(help="Files or directories (walked recursively).", show_default=False)
+    ],
+    patient_id: Annotated[
+        str | None,
+        option("--patient-id", "Patient ID for every file (pseudonymised; overrides the DICOM PatientID)."),
+    ] = None,
+    kafka: KafkaOpt = DEFAULT_KAFKA,
+    store: StoreOpt = None,
+    pseudonym_key: PseudonymKeyOpt = None,
+    max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
 ) -> None:
     """Upload radiographs (PNG, JPEG, DICOM CR/DX): one line per file, `<name>TAB<image_id>` or the reason.
 

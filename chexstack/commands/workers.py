@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from chexstack.settings import (
+    DEFAULT_KAFKA,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_SERVING,
+    DEFAULT_TOPIC_PREFIX,
     GroupOpt,
     KafkaOpt,
     MaxBytesOpt,
@@ -16,33 +23,29 @@ from chexstack.settings import (
     ServingOpt,
     StoreOpt,
     TopicPrefixOpt,
-    env_name,
+    option,
 )
 
 log = logging.getLogger(__name__)
 
-
-def _opt(default: object, flag: str, help_: str, **kw: object) -> object:
-    return typer.Option(default, flag, envvar=env_name(flag), show_envvar=True, help=help_, **kw)  # type: ignore[call-overload, arg-type]
-
-
-def _health_opt() -> object:
-    return _opt(
-        None,
+HealthFileOpt = Annotated[
+    Path | None,
+    option(
         "--health-file",
         "Touch this file every few seconds while the worker loop runs (container healthchecks).",
-    )
+    ),
+]
 
 
 def preprocess(
-    kafka: str = KafkaOpt,  # type: ignore[assignment]
-    store: str | None = StoreOpt,  # type: ignore[assignment]
-    topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
-    group: str | None = GroupOpt,  # type: ignore[assignment]
-    max_bytes: int = MaxBytesOpt,  # type: ignore[assignment]
-    max_pixels: int = MaxPixelsOpt,  # type: ignore[assignment]
-    max_batch: int = _opt(16, "--preprocess-max-batch", "Messages per transaction.", min=1),  # type: ignore[assignment]
-    health_file: Path | None = _health_opt(),  # type: ignore[assignment]
+    kafka: KafkaOpt = DEFAULT_KAFKA,
+    store: StoreOpt = None,
+    topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
+    group: GroupOpt = None,
+    max_bytes: MaxBytesOpt = DEFAULT_MAX_BYTES,
+    max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
+    max_batch: Annotated[int, option("--preprocess-max-batch", "Messages per transaction.", min=1)] = 16,
+    health_file: HealthFileOpt = None,
 ) -> None:
     """Consume xray.uploaded, write xray.preprocessed (224x224 uint8); bad input goes to xray.dlq."""
     from chexstack.blobstore import open_store
@@ -65,21 +68,29 @@ def preprocess(
 
 
 def route(
-    kafka: str = KafkaOpt,  # type: ignore[assignment]
-    serving: str = ServingOpt,  # type: ignore[assignment]
-    model_name: str = ModelNameOpt,  # type: ignore[assignment]
-    topic_prefix: str = TopicPrefixOpt,  # type: ignore[assignment]
-    group: str | None = GroupOpt,  # type: ignore[assignment]
-    weights: str = _opt(
-        "",
-        "--ab-weights",
-        "Default A/B weights, e.g. stable=90,canary=10 (variant = TF Serving version label) "
-        "until chexstack.control says otherwise. Empty: every image goes to the latest version.",
-    ),  # type: ignore[assignment]
-    max_batch: int = _opt(32, "--router-max-batch", "Largest micro-batch sent to serving.", min=1),  # type: ignore[assignment]
-    max_wait_ms: int = _opt(20, "--router-max-wait-ms", "Longest wait to fill a micro-batch.", min=0),  # type: ignore[assignment]
-    serving_timeout_s: float = _opt(30.0, "--serving-timeout-s", "Deadline of one serving call.", min=0.1),  # type: ignore[assignment]
-    health_file: Path | None = _health_opt(),  # type: ignore[assignment]
+    kafka: KafkaOpt = DEFAULT_KAFKA,
+    serving: ServingOpt = DEFAULT_SERVING,
+    model_name: ModelNameOpt = DEFAULT_MODEL_NAME,
+    topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
+    group: GroupOpt = None,
+    weights: Annotated[
+        str,
+        option(
+            "--ab-weights",
+            "Default A/B weights, e.g. stable=90,canary=10 (variant = TF Serving version label) "
+            "until chexstack.control says otherwise. Empty: every image goes to the latest version.",
+        ),
+    ] = "",
+    max_batch: Annotated[
+        int, option("--router-max-batch", "Largest micro-batch sent to serving.", min=1)
+    ] = 32,
+    max_wait_ms: Annotated[
+        int, option("--router-max-wait-ms", "Longest wait to fill a micro-batch.", min=0)
+    ] = 20,
+    serving_timeout_s: Annotated[
+        float, option("--serving-timeout-s", "Deadline of one serving call.", min=0.1)
+    ] = 30.0,
+    health_file: HealthFileOpt = None,
 ) -> None:
     """Consume xray.preprocessed, call TF Serving (gRPC), write xray.predictions."""
     from chexstack.ab import ControlFollower, parse_weights

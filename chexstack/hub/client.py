@@ -17,9 +17,12 @@ class HubClientError(RuntimeError):
 
 
 class HubClient:
-    """`HubClient("http://127.0.0.1:8600", token)`; the token defaults to $CHEXSTACK_HUB_TOKEN."""
+    """`HubClient("http://127.0.0.1:8600", token, timeout_s=60)`; the token defaults to $CHEXSTACK_HUB_TOKEN.
 
-    def __init__(self, url: str, token: str | None = None, timeout_s: float = 120.0) -> None:
+    `timeout_s` bounds each request; a rerun or promote answers only once it is done, so give it room.
+    """
+
+    def __init__(self, url: str, token: str | None = None, *, timeout_s: float) -> None:
         self.url = url.rstrip("/")
         self.token = token if token is not None else os.environ.get("CHEXSTACK_HUB_TOKEN") or None
         self.timeout_s = timeout_s

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 AVAILABLE: Final = "AVAILABLE"
 POLL_S: Final = 0.5
+RPC_TIMEOUT_S: Final = 10.0  # one status or metadata call while polling
 
 
 class HandoffError(RuntimeError):
@@ -35,7 +36,7 @@ def _channel(serving: str) -> Any:
     return grpc.insecure_channel(serving)
 
 
-def version_states(serving: str, model_name: str, timeout_s: float = 10.0) -> dict[int, str]:
+def version_states(serving: str, model_name: str, *, timeout_s: float) -> dict[int, str]:
     """Version -> state name as serving reports it (raises ServingError when it cannot answer)."""
     from chexstack.serving_client import ServingClient
 
@@ -43,7 +44,7 @@ def version_states(serving: str, model_name: str, timeout_s: float = 10.0) -> di
         return client.model_status(model_name)
 
 
-def label_version(serving: str, model_name: str, label: str, timeout_s: float = 10.0) -> int | None:
+def label_version(serving: str, model_name: str, label: str, *, timeout_s: float) -> int | None:
     """The version serving resolves `label` to right now; None if it does not know the label."""
     import grpc
     from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
@@ -103,7 +104,7 @@ def wait_available(serving: str, model_name: str, version: int, deadline: float)
     state = "not reported"
     while True:
         try:
-            state = version_states(serving, model_name).get(version, "not reported")
+            state = version_states(serving, model_name, timeout_s=RPC_TIMEOUT_S).get(version, "not reported")
         except ServingError as exc:
             state = f"serving did not answer ({exc})"
         if state == AVAILABLE:
@@ -120,7 +121,7 @@ def wait_label(serving: str, model_name: str, label: str, version: int, deadline
     """Wait until serving resolves `label` to `version`; False if it has not by the deadline."""
     while True:
         try:
-            if label_version(serving, model_name, label) == version:
+            if label_version(serving, model_name, label, timeout_s=RPC_TIMEOUT_S) == version:
                 return True
         except Exception as exc:  # an unreachable server is reported by the caller via False
             log.debug("label %s of %s: %s", label, model_name, exc)

@@ -27,19 +27,21 @@ from chexstack.serve.rest import RestServer
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ServeOptions:
-    model_config_file: Path | None = None
-    model_name: str | None = None
-    model_base_path: str | None = None
-    host: str = "127.0.0.1"
-    port: int = 8500
-    rest_api_port: int = 8501
-    model_config_file_poll_wait_seconds: float = 30.0
-    file_system_poll_wait_seconds: float = 2.0
-    enable_batching: bool = False
-    batching_parameters_file: Path | None = None
-    monitoring_config_file: Path | None = None
+    """`chexstack serve`'s flags; their defaults are written there only."""
+
+    model_config_file: Path | None
+    model_name: str
+    model_base_path: str | None
+    host: str
+    port: int
+    rest_api_port: int
+    model_config_file_poll_wait_seconds: float
+    file_system_poll_wait_seconds: float
+    enable_batching: bool
+    batching_parameters_file: Path | None
+    monitoring_config_file: Path | None
 
     def initial_config(self) -> Any:
         if self.model_config_file is not None:
@@ -49,8 +51,8 @@ class ServeOptions:
                     "use either --model-config-file or --model-name/--model-base-path, not both"
                 )
             return read_model_server_config(self.model_config_file)
-        if not self.model_name or not self.model_base_path:
-            raise ConfigError("--model-config-file or both --model-name and --model-base-path are required")
+        if not self.model_base_path:
+            raise ConfigError("--model-config-file or --model-base-path (with --model-name) is required")
         return single_model_config(self.model_name, str(Path(self.model_base_path).absolute()))
 
     def batching(self) -> BatchingParameters | None:

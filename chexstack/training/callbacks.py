@@ -32,19 +32,19 @@ class EventWriter:
     """Scalars, images and hparams into one TensorBoard run directory."""
 
     def __init__(self, run_dir: Path) -> None:
-        from tensorboard.summary.writer.event_file_writer import EventFileWriter  # type: ignore[import-untyped]
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
         run_dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
         self._writer = EventFileWriter(str(run_dir))
 
     def _add(self, summary: Any, step: int) -> None:
-        from tensorboard.compat.proto import event_pb2  # type: ignore[import-untyped]
+        from tensorboard.compat.proto import event_pb2
 
         self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
-        from tensorboard.compat.proto import summary_pb2  # type: ignore[import-untyped]
+        from tensorboard.compat.proto import summary_pb2
 
         summary = summary_pb2.Summary(
             value=[summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in values.items()]
@@ -52,7 +52,7 @@ class EventWriter:
         self._add(summary, step)
 
     def image(self, tag: str, rgb: np.ndarray, step: int) -> None:
-        from tensorboard.compat.proto import summary_pb2  # type: ignore[import-untyped]
+        from tensorboard.compat.proto import summary_pb2
 
         img = summary_pb2.Summary.Image(
             height=rgb.shape[0], width=rgb.shape[1], colorspace=3, encoded_image_string=cam.png(rgb)
@@ -60,7 +60,7 @@ class EventWriter:
         self._add(summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, image=img)]), step)
 
     def hparams(self, hparams: dict[str, Any], metrics: Sequence[str], trial_id: str) -> None:
-        from tensorboard.plugins.hparams import api as hp  # type: ignore[import-untyped]
+        from tensorboard.plugins.hparams import api as hp
 
         self._add(
             hp.hparams_config_pb(

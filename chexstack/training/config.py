@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from chexstack.settings import DEFAULT_MODEL_NAME, DEFAULT_SERVING
+from chexstack.settings import DEFAULT_MODEL_NAME, DEFAULT_SEED, DEFAULT_SERVING
 
 Switch = Literal["auto", "on", "off"]
 
@@ -39,7 +39,7 @@ class TrainConfig(BaseModel):
     class_weighted: bool = Field(False, description="Weight each class's BCE terms by its label frequencies.")
     weights: str = Field("random", min_length=1, description="random, imagenet or a local .weights.h5 file.")
     image_size: int | None = Field(None, ge=32, description="Must equal the shards' size; default: theirs.")
-    seed: int = 0
+    seed: int = DEFAULT_SEED
     mixed_precision: Switch = Field("auto", description="mixed_float16; auto = on when a GPU is present.")
     xla: Switch = Field("auto", description="XLA-compiled train step; auto = on when a GPU is present.")
     job_dir: Path | None = Field(

@@ -64,7 +64,7 @@ def test_topics_created_with_partitions_retention_and_compaction(kafka: str) -> 
         f"cfg.{t}"
         for t in ["xray.uploaded", "xray.preprocessed", "xray.predictions", "xray.dlq", "chexstack.control"]
     )
-    assert ensure_topics(kafka, prefix="cfg.") == []  # idempotent
+    assert ensure_topics(kafka, 5, 3_600_000, prefix="cfg.") == []  # idempotent
     admin = AdminClient({"bootstrap.servers": kafka})
     md = admin.list_topics(timeout=10)
     assert len(md.topics["cfg.xray.preprocessed"].partitions) == 5

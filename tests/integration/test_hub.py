@@ -37,6 +37,7 @@ pytestmark = pytest.mark.integration
 
 POLL = ["--model-config-file-poll-wait-seconds", "1", "--file-system-poll-wait-seconds", "1"]
 TOKEN = "s3cret-hub-token"
+CLIENT_TIMEOUT_S = 120.0  # a rerun or promote answers once done
 
 
 def private_base(tmp_path: Path, model_base: Path, versions: tuple[int, ...]) -> Path:
@@ -60,7 +61,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def served_version(server: ServeProcess, label: str) -> int:
     """The version that answers a real Predict addressed by label."""
-    with ServingClient(server.grpc_target) as client:
+    with ServingClient(server.grpc_target, timeout_s=60) as client:
         return client.predict(MODEL_NAME, sample_pixels(1), label=label)[1]
 
 
@@ -128,7 +129,7 @@ def test_promote_rollback_handoff_cli_and_api_in_real_serving(
     config = modelsconfig.read(config_file)
     assert modelsconfig.policy_text(config, MODEL_NAME) == "specific 1,2,3"
     assert modelsconfig.labels(config, MODEL_NAME) == {"canary": 3, "stable": 1}
-    assert label_version(server.grpc_target, MODEL_NAME, "canary") == 3
+    assert label_version(server.grpc_target, MODEL_NAME, "canary", timeout_s=10) == 3
 
     # Promote through the CLI, roll back through the service: real predictions follow the label.
     ok = cli("models", "promote", MODEL_NAME, "2", "--label", "stable", *flags)
@@ -158,15 +159,15 @@ def test_promote_rollback_handoff_cli_and_api_in_real_serving(
     api = HubApi([*flags, "--model-base", str(base), "--hub-token", TOKEN], tmp_path / "api.log")
     api.start()
     try:
-        assert HubClient(api.url, token="").health()
+        assert HubClient(api.url, token="", timeout_s=CLIENT_TIMEOUT_S).health()
         with pytest.raises(HubClientError) as denied:
-            HubClient(api.url, token="").jobs()
+            HubClient(api.url, token="", timeout_s=CLIENT_TIMEOUT_S).jobs()
         assert denied.value.status == 401
         assert (
             requests.post(api.url + f"/v1/models/{MODEL_NAME}/promote", json={}, timeout=10).status_code
             == 401
         )
-        client = HubClient(api.url, token=TOKEN)
+        client = HubClient(api.url, token=TOKEN, timeout_s=CLIENT_TIMEOUT_S)
         assert [j["id"] for j in client.jobs(kind="serve")] == [j["id"] for j in listed]
         assert client.job(listed[0]["id"][:8])["results"]["version"] == 1
         with pytest.raises(HubClientError) as refused:
@@ -306,12 +307,12 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
     server = make_server(Service(hub, Settings(hub.path)), port=0)
     serve_in_thread(server)
     try:
-        queued = HubClient(server.url).rerun(old)
+        queued = HubClient(server.url, timeout_s=CLIENT_TIMEOUT_S).rerun(old)
         assert (queued["status"], queued["rerun_of"]) == ("queued", old)
         deadline = time.monotonic() + 120
         while hub.get_job(queued["id"]).status in ("queued", "running") and time.monotonic() < deadline:
             time.sleep(0.5)
-        done = HubClient(server.url).job(queued["id"])
+        done = HubClient(server.url, timeout_s=CLIENT_TIMEOUT_S).job(queued["id"])
         assert done["status"] == "failed" and "exited with code" in done["error"]
     finally:
         server.shutdown()
@@ -322,7 +323,7 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
     serve_in_thread(server)
     try:
         with pytest.raises(HubClientError) as refused:
-            HubClient(server.url).rerun(old)
+            HubClient(server.url, timeout_s=CLIENT_TIMEOUT_S).rerun(old)
         assert refused.value.status == 409 and "trainer service" in str(refused.value)
     finally:
         server.shutdown()

@@ -113,7 +113,7 @@ def test_cli_export_prints_version_directory(tmp_path: Path) -> None:
     out = tmp_path / "chexnet"
     (out / "4").mkdir(parents=True)
     res = subprocess.run(
-        [sys.executable, "-m", "chexstack", "model", "export", "--out", str(out), "--seed", "1"],
+        [sys.executable, "-m", "chexstack", "models", "export", "--out", str(out), "--seed", "1"],
         capture_output=True, text=True, check=False, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
     )  # fmt: skip
     assert res.returncode == 0, res.stderr
