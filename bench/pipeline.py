@@ -33,10 +33,13 @@ from chexstack.commands.kafka import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS  #
 from chexstack.deid import load_or_create_key  # noqa: E402
 from chexstack.ingest import Uploader  # noqa: E402
 from chexstack.predictions import read_predictions  # noqa: E402
-from chexstack.settings import Limits  # noqa: E402
+from chexstack.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Limits  # noqa: E402
 from chexstack.synth import make_png, render_radiograph  # noqa: E402
 from chexstack.topics import Topics, ensure_topics  # noqa: E402
 from chexstack.transform import preprocess_bytes  # noqa: E402
+
+# The CLI's upload limits.
+LIMITS = Limits(max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS)
 
 
 def free_port() -> int:
@@ -124,7 +127,7 @@ def main() -> None:
         )
         rng = np.random.default_rng(0)
         files = [make_png(render_radiograph(rng, [], size=512)) for _ in range(ns.images)]
-        pixels = np.stack([preprocess_bytes(f) for f in files])
+        pixels = np.stack([preprocess_bytes(f, LIMITS) for f in files])
 
         direct = direct_throughput(models / "1", pixels, ns.batch)
 
@@ -161,7 +164,7 @@ def main() -> None:
             bootstrap=broker.bootstrap,
             store=store,
             key=load_or_create_key(store, None),
-            limits=Limits(max_bytes=64 * 1024 * 1024, max_pixels=60_000_000),
+            limits=LIMITS,
             topics=topics,
         )
         # Throughput: a backlog of uploads, then the workers drain it.

@@ -451,8 +451,10 @@ def load_pixels(path: Path, image_size: int) -> np.ndarray:
     Raises chexstack.imageio.InvalidImage with the reason, or OSError when the file cannot be read.
     """
     from chexstack.imageio import decode
+    from chexstack.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Limits
 
-    return shard_pixels(decode(path.read_bytes()).pixels, image_size)
+    limits = Limits(max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS)
+    return shard_pixels(decode(path.read_bytes(), limits).pixels, image_size)
 
 
 def _load_job(job: tuple[str, int]) -> tuple[np.ndarray | None, str | None]:

@@ -96,7 +96,7 @@ def _looks_like_text(head: bytes) -> bool:
     return all(ch.isprintable() or ch in "\t\r\n\f" for ch in text)
 
 
-def decode(data: bytes, limits: Limits = Limits()) -> Decoded:
+def decode(data: bytes, limits: Limits) -> Decoded:
     """Validate and decode one upload; raises InvalidImage with the reason."""
     if not data:
         raise InvalidImage("empty file (0 bytes)")

@@ -94,6 +94,11 @@ DEFAULT_TOPIC_PREFIX: Final = ""
 GroupOpt = Annotated[str | None, option("--group", "Kafka consumer group (default: chexstack-<worker>).")]
 JsonOpt = Annotated[bool, option("--json", "Print JSON.")]
 # Training and the model information hub.
+WaitOpt = Annotated[
+    float,
+    option("--wait-s", "How long to wait for serving to apply the new label (0: do not wait).", min=0.0),
+]
+DEFAULT_WAIT_S: Final = 60.0
 HubOpt = Annotated[
     Path | None,
     option("--hub", "Model information hub database (SQLite file). Default: $CHEXSTACK_HOME/hub/hub.sqlite."),
@@ -120,7 +125,6 @@ LogsDirOpt = Annotated[
 class Limits:
     """Upload limits; both are enforced before any pixel is decoded where the format allows."""
 
-    # The defaults are the CLI's; they stay here only while callers (ingest.Uploader, the notebook's
-    # upload panel) still build Limits() without values.
-    max_bytes: int = DEFAULT_MAX_BYTES
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    # No defaults: the CLI options (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS) and the role are their home.
+    max_bytes: int
+    max_pixels: int

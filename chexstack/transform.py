@@ -37,6 +37,6 @@ def to_model_input(decoded: Decoded) -> np.ndarray:
     return np.rint(small * 255.0).astype(np.uint8)
 
 
-def preprocess_bytes(data: bytes, limits: Limits = Limits()) -> np.ndarray:
+def preprocess_bytes(data: bytes, limits: Limits) -> np.ndarray:
     """Decode an upload and return the model input; raises chexstack.imageio.InvalidImage."""
     return to_model_input(decode(data, limits))

@@ -12,7 +12,11 @@ from pathlib import Path
 import pytest
 
 from chexstack.broker import Broker
+from chexstack.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Limits
 from tests import platform_instance
+
+# The upload limits the CLI and the roles default to.
+LIMITS = Limits(max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS)
 
 
 def free_port() -> int:

@@ -14,6 +14,7 @@ from chexstack.settings import (
     DEFAULT_KAFKA,
     DEFAULT_SERVING,
     DEFAULT_TOPIC_PREFIX,
+    DEFAULT_WAIT_S,
     HubOpt,
     JsonOpt,
     KafkaOpt,
@@ -21,6 +22,7 @@ from chexstack.settings import (
     ModelConfigFileOpt,
     ServingOpt,
     TopicPrefixOpt,
+    WaitOpt,
     default_hub,
     option,
 )
@@ -106,6 +108,7 @@ def serve(
             alias="--reruns/--no-reruns",
         ),
     ] = True,
+    wait_s: WaitOpt = DEFAULT_WAIT_S,
     hub: HubOpt = None,
     model_config_file: ModelConfigFileOpt = None,
     model_base: ModelBaseOpt = None,
@@ -122,7 +125,7 @@ def serve(
     with service(hub, model_config_file=model_config_file, model_base=model_base, serving=serving,
                  kafka=kafka, topic_prefix=topic_prefix) as svc:  # fmt: skip
         try:
-            server = make_server(svc, host, port, token, reruns)
+            server = make_server(svc, host=host, port=port, token=token, reruns=reruns, label_wait_s=wait_s)
         except OSError as exc:
             raise fail(f"cannot listen on {host}:{port}: {exc}") from exc
         # serve_forever runs here; a signal asks it to stop from another thread (shutdown() blocks).

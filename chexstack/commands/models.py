@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated
 
 import typer
 
@@ -12,11 +12,13 @@ from chexstack.commands.hub import print_json, service
 from chexstack.settings import (
     DEFAULT_SEED,
     DEFAULT_SERVING,
+    DEFAULT_WAIT_S,
     HubOpt,
     JsonOpt,
     ModelBaseOpt,
     ModelConfigFileOpt,
     ServingOpt,
+    WaitOpt,
     option,
 )
 
@@ -26,11 +28,6 @@ models_app = typer.Typer(
 )
 
 NameArg = Annotated[str, typer.Argument(help="Model name, e.g. chexnet.")]
-WaitOpt = Annotated[
-    float,
-    option("--wait-s", "How long to wait for serving to apply the new label (0: do not wait).", min=0.0),
-]
-DEFAULT_WAIT_S: Final = 60.0
 
 
 @models_app.command("list")

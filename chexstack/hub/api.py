@@ -61,7 +61,9 @@ class _Request:
         return int(value)
 
 
-def _routes(service: Service, reruns: bool = True) -> list[tuple[str, re.Pattern[str], Handler]]:
+def _routes(
+    service: Service, *, reruns: bool, label_wait_s: float
+) -> list[tuple[str, re.Pattern[str], Handler]]:
     def jobs(r: _Request) -> tuple[int, dict[str, Any]]:
         limit = r.int_field("limit", r.query_value("limit"), required=False)
         found = service.list_jobs(kind=r.query_value("kind"), limit=50 if limit is None else limit)
@@ -83,13 +85,13 @@ def _routes(service: Service, reruns: bool = True) -> list[tuple[str, re.Pattern
         if not isinstance(label, str):
             raise BadRequest('body needs "label": "stable" or "canary"')
         assert version is not None
-        return 200, {"job": service.promote(r.param("name"), version, label).to_dict()}
+        return 200, {"job": service.promote(r.param("name"), version, label, wait_s=label_wait_s).to_dict()}
 
     def rollback(r: _Request) -> tuple[int, dict[str, Any]]:
         label = r.body.get("label", "stable")
         if not isinstance(label, str):
             raise BadRequest('"label" must be a string')
-        return 200, {"job": service.rollback(r.param("name"), label).to_dict()}
+        return 200, {"job": service.rollback(r.param("name"), label, wait_s=label_wait_s).to_dict()}
 
     def set_ab(r: _Request) -> tuple[int, dict[str, Any]]:
         weights = r.body.get("weights")
@@ -118,11 +120,17 @@ def _routes(service: Service, reruns: bool = True) -> list[tuple[str, re.Pattern
 
 class HubServer(JsonServer):
     def __init__(
-        self, address: tuple[str, int], service: Service, token: str | None, reruns: bool = True
+        self,
+        address: tuple[str, int],
+        service: Service,
+        *,
+        token: str | None,
+        reruns: bool,
+        label_wait_s: float,
     ) -> None:
         self.service = service
         self.token = token or None
-        self.routes = _routes(service, reruns)
+        self.routes = _routes(service, reruns=reruns, label_wait_s=label_wait_s)
         super().__init__(address, _RequestHandler)
 
 
@@ -180,13 +188,10 @@ class _RequestHandler(JsonHandler):
 
 
 def make_server(
-    service: Service,
-    host: str = "127.0.0.1",
-    port: int = 8600,
-    token: str | None = None,
-    reruns: bool = True,
+    service: Service, *, host: str, port: int, token: str | None, reruns: bool, label_wait_s: float
 ) -> HubServer:
-    return HubServer((host, port), service, token, reruns)
+    """The API on host:port; promotions and rollbacks wait up to `label_wait_s` for serving."""
+    return HubServer((host, port), service, token=token, reruns=reruns, label_wait_s=label_wait_s)
 
 
 def serve_in_thread(server: HubServer) -> threading.Thread:

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 LABELS: Final = ("stable", "canary")
 DEFAULT_PROJECT: Final = "default"
-LABEL_WAIT_S: Final = 60.0
 
 
 class ServiceError(RuntimeError):
@@ -252,11 +251,11 @@ class Service:
             "argv": list(sys.argv),
         }
 
-    def promote(self, name: str, version: int, label: str, wait_s: float = LABEL_WAIT_S) -> Job:
+    def promote(self, name: str, version: int, label: str, *, wait_s: float) -> Job:
         """Point `label` at `version`; refused unless serving reports the version AVAILABLE."""
         return self._move_label("promote", name, version, label, wait_s)
 
-    def rollback(self, name: str, label: str = "stable", wait_s: float = LABEL_WAIT_S) -> Job:
+    def rollback(self, name: str, label: str = "stable", *, wait_s: float) -> Job:
         """Return `label` to the version it had before the current one (per the label history)."""
         _check_label(label)
         config_file = _config_file(self.settings)

@@ -10,15 +10,21 @@ import os
 from dataclasses import dataclass
 from typing import Final
 
-from chexstack.settings import DEFAULT_KAFKA, DEFAULT_MODEL_NAME, DEFAULT_SERVING, Limits, default_store
+# The services' --max-bytes / --max-pixels defaults: a file the notebook accepts is one `chexstack upload`
+# and the preprocess workers accept too.
+from chexstack.settings import (
+    DEFAULT_KAFKA,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_MODEL_NAME,
+    DEFAULT_SERVING,
+    Limits,
+    default_store,
+)
 from chexstack.topics import Topics
 
 DEFAULT_HUB_URL: Final = "http://127.0.0.1:8600"
 DEFAULT_TENSORBOARD_URL: Final = "http://127.0.0.1:6006"
-# The same as the services' --max-bytes / --max-pixels defaults: a file the notebook accepts is one
-# `chexstack upload` and the preprocess workers accept too.
-DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024
-DEFAULT_MAX_PIXELS: Final = 60_000_000
 
 
 def _positive_int(env: dict[str, str], name: str, default: int) -> int:

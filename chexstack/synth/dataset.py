@@ -65,9 +65,10 @@ def draw_findings(rng: np.random.Generator) -> list[str]:
 def synthesize(
     out: Path,
     count: int,
-    seed: int = 0,
-    size: int = 512,
-    dicom_fraction: float = 0.25,
+    *,
+    seed: int,
+    size: int,
+    dicom_fraction: float,
     on_image: Callable[[str], None] | None = None,
 ) -> SynthSummary:
     """Write `count` synthetic radiographs in the ChestX-ray14 layout under `out` (deterministic per seed).

@@ -18,6 +18,7 @@ from chexstack.deid import pseudonym
 from chexstack.imageio import decode
 from chexstack.shards import ShardedDataset
 from chexstack.transform import to_model_input
+from tests.conftest import LIMITS
 
 pytestmark = pytest.mark.integration
 
@@ -96,7 +97,7 @@ def test_pixels_identical_to_the_preprocess_worker(source: Path, prepared: tuple
         images, _ = reader.take(picks)
         for k, i in enumerate(picks):
             name = reader.index()[i][0]
-            expected = to_model_input(decode((source / "images" / name).read_bytes()))
+            expected = to_model_input(decode((source / "images" / name).read_bytes(), LIMITS))
             np.testing.assert_array_equal(images[k], expected)
 
 
@@ -170,7 +171,7 @@ def test_manifest_with_dicom(source: Path, tmp_path: Path) -> None:
         row = by_file[name]
         assert patient == pseudonym(KEY.encode(), row["patient_id"])
         assert tuple(labels[k]) == parse_labels(row["labels"])
-        dcm = decode((source / name).read_bytes())
+        dcm = decode((source / name).read_bytes(), LIMITS)
         assert dcm.format == "dicom"
         np.testing.assert_array_equal(images[k], to_model_input(dcm))
     written = "".join(p.read_text() for p in out.glob("*.index.csv")) + (out / "dataset.json").read_text()

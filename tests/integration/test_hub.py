@@ -38,6 +38,9 @@ pytestmark = pytest.mark.integration
 POLL = ["--model-config-file-poll-wait-seconds", "1", "--file-system-poll-wait-seconds", "1"]
 TOKEN = "s3cret-hub-token"
 CLIENT_TIMEOUT_S = 120.0  # a rerun or promote answers once done
+WAIT_S = 60.0  # how long a promotion waits for serving (the --wait-s default)
+# make_server's settings as `chexstack hub serve` passes them; port 0: any free port.
+API = {"host": "127.0.0.1", "port": 0, "token": None, "reruns": True, "label_wait_s": WAIT_S}
 
 
 def private_base(tmp_path: Path, model_base: Path, versions: tuple[int, ...]) -> Path:
@@ -118,7 +121,7 @@ def test_promote_rollback_handoff_cli_and_api_in_real_serving(
     # Serving has not loaded 3: promotion is refused and nothing changes.
     before = config_file.read_text()
     with pytest.raises(Conflict, match=r"version 3 to 'stable'.*not loaded, not AVAILABLE"):
-        svc.promote(MODEL_NAME, 3, "stable")
+        svc.promote(MODEL_NAME, 3, "stable", wait_s=WAIT_S)
     bad = cli("models", "promote", MODEL_NAME, "3", "--label", "stable", *flags)
     assert bad.returncode == 1, bad.stderr
     assert bad.stderr.strip().splitlines()[-1].startswith("error: refusing to promote 'chexnet' version 3")
@@ -136,11 +139,11 @@ def test_promote_rollback_handoff_cli_and_api_in_real_serving(
     assert ok.returncode == 0, ok.stderr
     assert "stable -> v2 (was 1)" in ok.stdout
     assert served_version(server, "stable") == 2
-    job = svc.rollback(MODEL_NAME)
+    job = svc.rollback(MODEL_NAME, wait_s=WAIT_S)
     assert (job.status, job.results["version"], job.results["previous_version"]) == ("succeeded", 1, 2)
     assert served_version(server, "stable") == 1
     with pytest.raises(Conflict, match="no previous 'stable' version"):
-        svc.rollback(MODEL_NAME)
+        svc.rollback(MODEL_NAME, wait_s=WAIT_S)
 
     for args, message in [
         (("models", "promote", MODEL_NAME, "2", "--label", "beta"), "bad label 'beta'"),
@@ -258,9 +261,9 @@ def test_promote_rollback_and_ab_steer_the_router(
         wait_log(router, "A/B weights for chexnet: {'stable': 100}")
         assert routed(kafka, t, 2, seed=1) == {("stable", 1)}
 
-        svc.promote(MODEL_NAME, 2, "stable")
+        svc.promote(MODEL_NAME, 2, "stable", wait_s=WAIT_S)
         assert routed(kafka, t, 2, seed=2) == {("stable", 2)}
-        svc.rollback(MODEL_NAME)
+        svc.rollback(MODEL_NAME, wait_s=WAIT_S)
         assert routed(kafka, t, 2, seed=3) == {("stable", 1)}
 
         # `chexstack ab set` (the CLI) publishes and records the change in the hub.
@@ -304,7 +307,7 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
     # Through the API the rerun runs in the background: queued at once, failed once the child exits.
     from chexstack.hub.api import make_server, serve_in_thread
 
-    server = make_server(Service(hub, Settings(hub.path)), port=0)
+    server = make_server(Service(hub, Settings(hub.path)), **API)
     serve_in_thread(server)
     try:
         queued = HubClient(server.url, timeout_s=CLIENT_TIMEOUT_S).rerun(old)
@@ -319,7 +322,7 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
         server.server_close()
 
     # Where the API process has no training data (the platform's hub service), reruns are refused.
-    server = make_server(Service(hub, Settings(hub.path)), port=0, reruns=False)
+    server = make_server(Service(hub, Settings(hub.path)), **(API | {"reruns": False}))
     serve_in_thread(server)
     try:
         with pytest.raises(HubClientError) as refused:

@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,11 @@ from chexstack.ingest import IngestResult, KafkaUnavailable, Uploader
 from chexstack.settings import Limits
 from chexstack.topics import Topics
 
-from ..conftest import free_port
+from ..conftest import LIMITS, free_port
 
 pytestmark = pytest.mark.integration
 
 KEY = b"integration-test-key"
-LIMITS = Limits(max_bytes=64 * 1024 * 1024, max_pixels=60_000_000)
 UPLOADED = "xray.uploaded"
 _TRANSIENT = (
     KafkaError.NOT_LEADER_FOR_PARTITION,
@@ -166,15 +166,15 @@ def _bad_inputs(pixels: np.ndarray) -> dict[str, tuple[bytes, Limits, str]]:
     png = synth.make_png(pixels)
     burned = synth.make_dicom(pixels, extra=lambda ds: setattr(ds, "BurnedInAnnotation", "YES"))
     return {
-        "zero-bytes.png": (b"", Limits(), "empty"),
-        "truncated.png": (png[: len(png) // 2], Limits(), "truncated"),
-        "text.png": (b"patient: DOE^JANE\nnot an image\n", Limits(), "text"),
-        "image.gif": (b"GIF89a" + b"\x00" * 64, Limits(), "GIF"),
-        "big.png": (png, Limits(max_bytes=len(png) - 1), "over the limit"),
-        "wide.png": (png, Limits(max_pixels=96 * 96 - 1), "pixels"),
-        "nopixels.dcm": (synth.make_dicom(pixels, with_pixels=False), Limits(), "no pixel data"),
-        "ct.dcm": (synth.make_dicom(pixels, modality="CT"), Limits(), "modality CT"),
-        "burned.dcm": (burned, Limits(), "BurnedInAnnotation"),
+        "zero-bytes.png": (b"", LIMITS, "empty"),
+        "truncated.png": (png[: len(png) // 2], LIMITS, "truncated"),
+        "text.png": (b"patient: DOE^JANE\nnot an image\n", LIMITS, "text"),
+        "image.gif": (b"GIF89a" + b"\x00" * 64, LIMITS, "GIF"),
+        "big.png": (png, replace(LIMITS, max_bytes=len(png) - 1), "over the limit"),
+        "wide.png": (png, replace(LIMITS, max_pixels=96 * 96 - 1), "pixels"),
+        "nopixels.dcm": (synth.make_dicom(pixels, with_pixels=False), LIMITS, "no pixel data"),
+        "ct.dcm": (synth.make_dicom(pixels, modality="CT"), LIMITS, "modality CT"),
+        "burned.dcm": (burned, LIMITS, "BurnedInAnnotation"),
     }
 
 

@@ -29,6 +29,7 @@ from chexstack.imageio import decode
 from chexstack.labels import LABELS
 from chexstack.shards import ShardedDataset
 from chexstack.transform import to_model_input
+from tests.conftest import LIMITS
 
 KEY = b"test-key"
 
@@ -219,7 +220,7 @@ def test_patient_in_two_given_splits_is_refused() -> None:
 
 
 def test_shard_pixels_match_the_preprocess_worker() -> None:
-    decoded = decode(png(7, size=300))
+    decoded = decode(png(7, size=300), LIMITS)
     np.testing.assert_array_equal(shard_pixels(decoded.pixels, 224), to_model_input(decoded))
 
 

@@ -22,6 +22,7 @@ from chexstack.synth import (
     render_radiograph,
     synthesize,
 )
+from tests.conftest import LIMITS
 
 SIZE = 256
 
@@ -72,7 +73,7 @@ def test_csv_header_and_rows(dataset: Path) -> None:
 def test_pngs_decode_including_16_bit(dataset: Path) -> None:
     bits = set()
     for path in sorted((dataset / "images").glob("*.png")):
-        d = decode(path.read_bytes())
+        d = decode(path.read_bytes(), LIMITS)
         assert (d.width, d.height) == (SIZE, SIZE)
         bits.add(d.bits_stored)
     assert bits == {8, 16}
@@ -84,7 +85,7 @@ def test_dicom_files_decode_and_carry_fake_phi(dataset: Path) -> None:
     entries = {r[0]: r[1] for r in csv.reader((dataset / "Data_Entry_2017.csv").read_text().splitlines()[1:])}
     for row in rows:
         data = (dataset / row["file"]).read_bytes()
-        d = decode(data)
+        d = decode(data, LIMITS)
         assert d.format == "dicom" and d.bits_stored == 12 and d.pixels.shape == (SIZE, SIZE)
         ds = read_dicom(data)
         assert ds.Modality in ("DX", "CR")
@@ -93,7 +94,7 @@ def test_dicom_files_decode_and_carry_fake_phi(dataset: Path) -> None:
         png_name = Path(row["file"]).with_suffix(".png").name
         assert entries[png_name] == row["labels"]
         # The DICOM is the same radiograph as the PNG.
-        png = decode((dataset / "images" / png_name).read_bytes())
+        png = decode((dataset / "images" / png_name).read_bytes(), LIMITS)
         assert float(np.abs(png.pixels - d.pixels).max()) < 0.01
 
 
@@ -164,13 +165,13 @@ def test_labels_field() -> None:
 
 def test_encoders_round_trip() -> None:
     p = render(["Nodule"])
-    assert decode(make_png(p, 16)).bits_stored == 16
-    assert decode(make_jpeg(p, exif_orientation=1, rgb=True)).format == "jpeg"
-    assert decode(make_dicom(p, modality="CR")).format == "dicom"
+    assert decode(make_png(p, 16), LIMITS).bits_stored == 16
+    assert decode(make_jpeg(p, exif_orientation=1, rgb=True), LIMITS).format == "jpeg"
+    assert decode(make_dicom(p, modality="CR"), LIMITS).format == "dicom"
 
 
 def test_empty_dataset_writes_headers(tmp_path: Path) -> None:
-    summary = synthesize(tmp_path, count=0)
+    summary = synthesize(tmp_path, count=0, seed=0, size=SIZE, dicom_fraction=0.25)
     assert summary.count == 0
     assert summary.csv_path.read_text() == DATA_ENTRY_HEADER + "\n"
     assert summary.dicom_labels_path.read_text() == "file,labels,patient_id\n"

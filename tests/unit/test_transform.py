@@ -9,6 +9,7 @@ from chexstack.imageio import Decoded, InvalidImage, decode
 from chexstack.settings import IMAGE_SIZE
 from chexstack.synth import make_dicom, make_png
 from chexstack.transform import preprocess_bytes, resize01, to_model_input
+from tests.conftest import LIMITS
 
 
 def decoded(pixels: np.ndarray) -> Decoded:
@@ -71,19 +72,19 @@ def test_deterministic_and_preprocess_bytes_matches() -> None:
     rng = np.random.default_rng(0)
     p = rng.random((600, 500)).astype(np.float32)
     png = make_png(p, 16)
-    a, b = preprocess_bytes(png), preprocess_bytes(png)
+    a, b = preprocess_bytes(png, LIMITS), preprocess_bytes(png, LIMITS)
     assert np.array_equal(a, b)
-    assert np.array_equal(a, to_model_input(decode(png)))
+    assert np.array_equal(a, to_model_input(decode(png, LIMITS)))
 
 
 def test_png_and_dicom_of_the_same_picture_agree() -> None:
     rng = np.random.default_rng(1)
     p = rng.random((256, 256)).astype(np.float32)
-    from_png = preprocess_bytes(make_png(p, 16)).astype(int)
-    from_dicom = preprocess_bytes(make_dicom(p, photometric="MONOCHROME1")).astype(int)
+    from_png = preprocess_bytes(make_png(p, 16), LIMITS).astype(int)
+    from_dicom = preprocess_bytes(make_dicom(p, photometric="MONOCHROME1"), LIMITS).astype(int)
     assert np.abs(from_png - from_dicom).max() <= 1
 
 
 def test_preprocess_bytes_raises_invalid_image() -> None:
     with pytest.raises(InvalidImage, match="empty file"):
-        preprocess_bytes(b"")
+        preprocess_bytes(b"", LIMITS)
