@@ -25,6 +25,8 @@ else:
 
 # `CHEXSTACK_KAFKA_IMAGE=chexstack/kafka:4.2.1-0123456789ab`, a line of scripts/images/tags.sh.
 _IMAGE_LINE = re.compile(r"^(CHEXSTACK_[A-Z0-9_]+_IMAGE)=(.+)$")
+# `chexstack/python:0.1.0-557c2ba31627`: an image scripts/images/build.sh builds (`build.sh python`).
+_LOCAL_IMAGE = re.compile(r"^chexstack/([a-z0-9][a-z0-9_.-]*):[^:/]+$")
 # A role or shared variable whose name is <prefix>_<setting>: chexstack_kafka, workers_max_bytes.
 _SETTING = re.compile(r"^[a-z][a-z0-9]*_([a-z][a-z0-9_]*)$")
 
@@ -55,6 +57,17 @@ def missing_images(refs: Sequence[str], images: Sequence[Mapping[str, Any]]) -> 
     """
     tags = {tag for image in images for tag in image.get("RepoTags") or []}
     return [ref for ref in dict.fromkeys(refs) if ref.startswith("chexstack/") and ref not in tags]
+
+
+def build_names(refs: Sequence[str]) -> list[str]:
+    """The names scripts/images/build.sh builds chexstack/* references by: chexstack/python:1.0 -> python."""
+    names = []
+    for ref in refs:
+        match = _LOCAL_IMAGE.match(str(ref))
+        if not match:
+            raise AnsibleFilterError(f"chexstack_build_names: {ref!r} is not chexstack/<name>:<tag>")
+        names.append(match.group(1))
+    return names
 
 
 def ab_weights_problems(text: str) -> list[str]:
@@ -149,6 +162,7 @@ class FilterModule:
         return {
             "chexstack_image_facts": image_facts,
             "chexstack_missing_images": missing_images,
+            "chexstack_build_names": build_names,
             "chexstack_ab_weights_problems": ab_weights_problems,
             "chexstack_serving_models": serving_models,
             "chexstack_serving_models_problems": serving_models_problems,

@@ -40,6 +40,7 @@ FILTERS: dict[str, Any] = F.FilterModule().filters()
 def test_every_filter_is_registered_under_its_chexstack_name() -> None:
     assert sorted(FILTERS) == [
         "chexstack_ab_weights_problems",
+        "chexstack_build_names",
         "chexstack_env",
         "chexstack_image_facts",
         "chexstack_missing_images",
@@ -70,6 +71,14 @@ def test_missing_images_are_the_absent_chexstack_ones() -> None:
     assert F.missing_images(refs, images) == ["chexstack/kafka:2"]
     assert F.missing_images(["chexstack/python:1"], images) == []
     assert F.missing_images(["chexstack/python:2"], []) == ["chexstack/python:2"]
+
+
+def test_build_names_are_what_build_sh_takes() -> None:
+    refs = ["chexstack/python:0.1.0-557c2ba31627", "chexstack/debian-base:bookworm-20261122"]
+    assert F.build_names(refs) == ["python", "debian-base"]
+    reason = re.escape("'tensorflow/serving:2.19.0' is not chexstack/<name>:<tag>")
+    with pytest.raises(AnsibleFilterError, match=reason):
+        F.build_names(["tensorflow/serving:2.19.0"])
 
 
 @pytest.mark.parametrize("text", ["", "stable=90,canary=10", " stable = 100 ", "a.b-c_d=0,x=1"])
