@@ -1,4 +1,4 @@
-"""The roles' filter plugin (plugins/filter/chexstack.py): each filter on good and bad input, and the
+"""The roles' filter plugin (plugins/filter/chexstack_filters.py): each filter on good and bad input, and the
 plugin loaded by Ansible itself through the repository's ansible.cfg."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MODELS = "/var/lib/chexstack/models"
 
 def _load() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
-        "chexstack_filters", ROOT / "plugins" / "filter" / "chexstack.py"
+        "chexstack_filters", ROOT / "plugins" / "filter" / "chexstack_filters.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,7 +127,7 @@ def test_then_sees_the_written_file_in_write_order(cfg: Path) -> None:
 
 def test_render_writes_what_the_hub_edits(tmp_path: Path) -> None:
     """The serving role's first models.config (render) is the file promote/rollback edit (edit)."""
-    models = [
+    models: list[dict[str, Any]] = [
         {"name": "chexnet", "version_policy": {"specific": [1, 2]}, "version_labels": {"stable": 1}},
         {"name": "other", "base_path": "/models/elsewhere", "version_policy": {"latest": 3}},
         {"name": "every", "version_policy": {"all": True}, "version_labels": {"stable": 5}},
