@@ -17,7 +17,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 # The Ansible content; yamllint --strict also fails on warnings there.
-ANSIBLE_PATHS = ["site.yml", "playbook", "roles", "inventory", ".ansible-lint", ".yamllint"]
+ANSIBLE_PATHS = [
+    "site.yml",
+    "down.yml",
+    "playbook",
+    "roles",
+    "inventory",
+    ".config",
+    ".ansible-lint",
+    ".yamllint",
+]
 
 
 def _tool(name: str) -> str:

@@ -1,7 +1,8 @@
 """Every role's Molecule `default` scenario: converge, idempotence and verify against this machine.
 
 Each scenario uses its own compose project names, network, volumes and ports, so it runs beside a
-platform that is up. A failure shows the end of Molecule's output.
+platform that is up. What the scenarios share is .config/molecule/config.yml, which Molecule merges
+under each scenario's molecule.yml. A failure shows the end of Molecule's output.
 """
 
 from __future__ import annotations
@@ -12,13 +13,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+# Molecule finds it by itself in a git checkout; named here so a copy without .git runs the same.
+BASE_CONFIG = ROOT / ".config" / "molecule" / "config.yml"
 # In site.yml order, so a broken early role fails first.
 ROLES = [
     "preflight",
     "docker",
+    "compose_service",
     "images",
     "kafka",
     "serving",
@@ -37,12 +42,26 @@ def test_every_role_has_a_scenario() -> None:
         assert (ROOT / "roles" / role / "molecule" / "default" / "molecule.yml").is_file(), role
 
 
+def test_scenarios_share_one_base_config() -> None:
+    """The driver, platform, inventory links and test sequence are written once: no scenario repeats them."""
+    base = yaml.safe_load(BASE_CONFIG.read_text())
+    assert base["driver"] == {"name": "default", "options": {"managed": False}}
+    assert "cleanup" in base["scenario"]["test_sequence"]
+    for role in ROLES:
+        own = (
+            yaml.safe_load((ROOT / "roles" / role / "molecule" / "default" / "molecule.yml").read_text())
+            or {}
+        )
+        assert not {"dependency", "driver", "platforms"} & set(own), role
+        assert "inventory" not in own.get("provisioner", {}), role
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_molecule_default_scenario(role: str) -> None:
     env = dict(os.environ, NO_COLOR="1", PY_COLORS="0", ANSIBLE_FORCE_COLOR="0")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     proc = subprocess.run(
-        [str(BIN / "molecule"), "test"],
+        [str(BIN / "molecule"), "--base-config", str(BASE_CONFIG), "test"],
         cwd=ROOT / "roles" / role,
         env=env,
         capture_output=True,

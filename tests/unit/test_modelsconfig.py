@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -122,3 +123,72 @@ def test_then_sees_the_written_file_in_write_order(cfg: Path) -> None:
     assert all(str(disk) == pushed for disk, pushed in seen)  # each `then` saw its own write on disk
     final = modelsconfig.labels(modelsconfig.read(cfg), "chexnet")["stable"]
     assert str(final) == seen[-1][1]  # the last reload pushed is what the file holds
+
+
+def test_render_writes_what_the_hub_edits(tmp_path: Path) -> None:
+    """The serving role's first models.config (render) is the file promote/rollback edit (edit)."""
+    models: list[dict[str, Any]] = [
+        {"name": "chexnet", "version_policy": {"specific": [1, 2]}, "version_labels": {"stable": 1}},
+        {"name": "other", "base_path": "/models/elsewhere", "version_policy": {"latest": 3}},
+        {"name": "every", "version_policy": {"all": True}, "version_labels": {"stable": 5}},
+        {"name": "bare"},
+    ]
+    text = modelsconfig.render(models, "/models/", "# Written by the serving role.\n")
+    path = tmp_path / "models.config"
+    path.write_text(text)
+    config = modelsconfig.read(path)
+    assert modelsconfig.model_names(config) == ["chexnet", "other", "every", "bare"]
+    assert [modelsconfig.model(config, n).base_path for n in ("chexnet", "other", "bare")] == [
+        "/models/chexnet",
+        "/models/elsewhere",
+        "/models/bare",
+    ]
+    assert modelsconfig.policy_text(config, "chexnet") == "specific 1,2"
+    assert modelsconfig.policy_text(config, "other") == "latest 3"
+    assert modelsconfig.policy_text(config, "every") == "all"
+    assert modelsconfig.labels(config, "every") == {"stable": 5}
+    assert modelsconfig.model(config, "bare").model_version_policy.WhichOneof("policy_choice") is None
+    with modelsconfig.edit(path) as editing:
+        modelsconfig.set_label(editing, "chexnet", "stable", 2)
+    assert path.read_text().startswith("# Written by the serving role.\nmodel_config_list {\n")
+    assert modelsconfig.labels(modelsconfig.read(path), "chexnet") == {"stable": 2}
+
+
+def test_render_derives_a_specific_policy_from_the_labels() -> None:
+    config = modelsconfig.parse(
+        modelsconfig.render([{"name": "m", "version_labels": {"b": 3, "a": 2}}], "/m")
+    )
+    assert modelsconfig.policy_text(config, "m") == "specific 2,3"
+    assert modelsconfig.labels(config, "m") == {"a": 2, "b": 3}
+
+
+@pytest.mark.parametrize(
+    ("models", "reason"),
+    [
+        ([], "at least one model"),
+        ("chexnet", "at least one model"),
+        ([{"base_path": "/m/x"}], "model #1: `name` must be a non-empty string"),
+        ([{"name": "a"}, {"name": "a"}], "model 'a' is listed twice"),
+        ([{"name": "a", "labels": {}}], "model 'a': unknown keys \\['labels'\\]"),
+        ([{"name": "a", "version_policy": {"newest": 1}}], "unknown version_policy keys \\['newest'\\]"),
+        ([{"name": "a", "version_policy": {"latest": 1, "specific": [1]}}], "one of latest, all, specific"),
+        ([{"name": "a", "version_policy": {"latest": 0}}], "version_policy.latest must be a positive"),
+        ([{"name": "a", "version_policy": {"all": "yes"}}], "version_policy.all must be true"),
+        ([{"name": "a", "version_policy": {"specific": []}}], "version_policy.specific must list versions"),
+        ([{"name": "a", "version_policy": {"specific": [True]}}], "must be a positive version number"),
+        ([{"name": "a", "version_labels": {"stable": -1}}], "label 'stable' must be a positive version"),
+        ([{"name": "a", "version_labels": ["stable"]}], "version_labels must map labels to versions"),
+        (
+            [{"name": "a", "version_policy": {"specific": [1]}, "version_labels": {"canary": 2}}],
+            "version_labels \\{'canary': 2\\} name versions version_policy.specific \\[1\\] does not load",
+        ),
+    ],
+)
+def test_render_refuses_bad_models_naming_the_field(models: object, reason: str) -> None:
+    with pytest.raises(ModelsConfigError, match=reason):
+        modelsconfig.render(models, "/m")  # type: ignore[arg-type]
+
+
+def test_render_refuses_a_header_that_is_not_comments() -> None:
+    with pytest.raises(ModelsConfigError, match="the header must be comment lines"):
+        modelsconfig.render([{"name": "a"}], "/m", "model_config_list {}\n")
