@@ -48,11 +48,11 @@ images: $(STAMP)
 	bash scripts/images/build.sh $(ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check chexstack tests bench
-	$(VENV)/bin/ruff format --check chexstack tests bench
+	$(VENV)/bin/ruff check chexstack tests bench plugins
+	$(VENV)/bin/ruff format --check chexstack tests bench plugins
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy chexstack
+	$(VENV)/bin/mypy chexstack plugins/filter
 
 schemas: $(STAMP)
 	$(VENV)/bin/chexstack schemas export --out docs/schemas

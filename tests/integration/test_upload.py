@@ -219,7 +219,8 @@ from chexstack.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Limits
 from chexstack.topics import Topics
 bootstrap, store, prefix, path = sys.argv[1:]
 limits = Limits(max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS)
-up = Uploader(bootstrap=bootstrap, store=BlobStore(Path(store)), key=b"k", limits=limits, topics=Topics(prefix))
+store = BlobStore(Path(store))
+up = Uploader(bootstrap=bootstrap, store=store, key=b"k", limits=limits, topics=Topics(prefix))
 try:
     print(json.dumps(dataclasses.asdict(up.upload_path(Path(path)))))
 finally:
