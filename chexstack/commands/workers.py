@@ -34,6 +34,15 @@ def _health_opt() -> object:
     )
 
 
+def _stall_opt() -> object:
+    return _opt(
+        120.0,
+        "--stall-timeout-s",
+        "Exit (status 75, for the restart policy) when the worker loop makes no progress this long.",
+        min=1.0,
+    )
+
+
 def preprocess(
     kafka: str = KafkaOpt,  # type: ignore[assignment]
     store: str | None = StoreOpt,  # type: ignore[assignment]
@@ -43,6 +52,7 @@ def preprocess(
     max_pixels: int = MaxPixelsOpt,  # type: ignore[assignment]
     max_batch: int = _opt(16, "--preprocess-max-batch", "Messages per transaction.", min=1),  # type: ignore[assignment]
     health_file: Path | None = _health_opt(),  # type: ignore[assignment]
+    stall_timeout_s: float = _stall_opt(),  # type: ignore[assignment]
 ) -> None:
     """Consume xray.uploaded, write xray.preprocessed (224x224 uint8); bad input goes to xray.dlq."""
     from chexstack.blobstore import open_store
@@ -57,8 +67,10 @@ def preprocess(
         limits=Limits(max_bytes=max_bytes, max_pixels=max_pixels),
         group=group or f"{topic_prefix}chexstack-preprocess",
         max_batch=max_batch,
+        max_wait_s=0.05,  # not a setting: uploads arrive one at a time
+        stall_timeout_s=stall_timeout_s,
+        health_file=health_file,
     )
-    worker.health_file = health_file
     worker.install_signal_handlers()
     stats = worker.run()
     log.info("preprocess stopped: %s", stats)
@@ -80,6 +92,7 @@ def route(
     max_wait_ms: int = _opt(20, "--router-max-wait-ms", "Longest wait to fill a micro-batch.", min=0),  # type: ignore[assignment]
     serving_timeout_s: float = _opt(30.0, "--serving-timeout-s", "Deadline of one serving call.", min=0.1),  # type: ignore[assignment]
     health_file: Path | None = _health_opt(),  # type: ignore[assignment]
+    stall_timeout_s: float = _stall_opt(),  # type: ignore[assignment]
 ) -> None:
     """Consume xray.preprocessed, call TF Serving (gRPC), write xray.predictions."""
     from chexstack.ab import ControlFollower, parse_weights
@@ -102,8 +115,9 @@ def route(
         group=group or f"{topic_prefix}chexstack-router",
         max_batch=max_batch,
         max_wait_s=max_wait_ms / 1000,
+        stall_timeout_s=stall_timeout_s,
+        health_file=health_file,
     )
-    worker.health_file = health_file
     worker.install_signal_handlers()
     try:
         stats = worker.run()
