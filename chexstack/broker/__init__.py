@@ -37,6 +37,14 @@ def kafka_version() -> str:
     return m.group(1)
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id; like Kafka's own, never starting with "-" (read as an option)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def default_data_dir() -> Path:
     return default_home() / "kafka"
 
@@ -167,8 +175,7 @@ class Broker:
         props.write_text(self._properties())
         cluster_file = self.data_dir / "cluster.id"
         if not cluster_file.exists():
-            cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-            cluster_file.write_text(cid + "\n")
+            cluster_file.write_text(new_cluster_id() + "\n")
         cluster_id = cluster_file.read_text().strip()
         log4j = self.data_dir / "log4j2.yaml"
         log4j.write_text(LOG4J.read_text())
@@ -181,8 +188,7 @@ class Broker:
                 "kafka.tools.StorageTool",
                 "format",
                 "--standalone",
-                "-t",
-                cluster_id,
+                f"--cluster-id={cluster_id}",
                 "-c",
                 str(props),
                 "--ignore-formatted",
@@ -263,3 +269,29 @@ class Broker:
             os.kill(pid, signal.SIGKILL)
         self.pid_file.unlink(missing_ok=True)
         return "stopped"
+
+    def kill(self) -> str:
+        """SIGKILL, as a crash or a power cut would; the data stays for the next `up`."""
+        pid = self.running_pid()
+        if pid is None:
+            return "not running"
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while self.running_pid() is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.pid_file.unlink(missing_ok=True)
+        return "killed"
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung broker, whose connections stay open and whose requests get no answer."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        pid = self.running_pid()
+        if pid is None:
+            raise BrokerError(f"no broker runs from {self.data_dir}")
+        os.kill(pid, sig)

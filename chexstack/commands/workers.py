@@ -37,6 +37,17 @@ HealthFileOpt = Annotated[
 ]
 
 
+StallTimeoutOpt = Annotated[
+    float,
+    option(
+        "--stall-timeout-s",
+        "Exit (status 75, for the restart policy) when the worker loop makes no progress this long.",
+        min=1.0,
+    ),
+]
+DEFAULT_STALL_TIMEOUT_S = 120.0
+
+
 def preprocess(
     kafka: KafkaOpt = DEFAULT_KAFKA,
     store: StoreOpt = None,
@@ -46,6 +57,7 @@ def preprocess(
     max_pixels: MaxPixelsOpt = DEFAULT_MAX_PIXELS,
     max_batch: Annotated[int, option("--preprocess-max-batch", "Messages per transaction.", min=1)] = 16,
     health_file: HealthFileOpt = None,
+    stall_timeout_s: StallTimeoutOpt = DEFAULT_STALL_TIMEOUT_S,
 ) -> None:
     """Consume xray.uploaded, write xray.preprocessed (224x224 uint8); bad input goes to xray.dlq."""
     from chexstack.blobstore import open_store
@@ -60,8 +72,10 @@ def preprocess(
         limits=Limits(max_bytes=max_bytes, max_pixels=max_pixels),
         group=group or f"{topic_prefix}chexstack-preprocess",
         max_batch=max_batch,
+        max_wait_s=0.05,  # not a setting: uploads arrive one at a time
+        stall_timeout_s=stall_timeout_s,
+        health_file=health_file,
     )
-    worker.health_file = health_file
     worker.install_signal_handlers()
     stats = worker.run()
     log.info("preprocess stopped: %s", stats)
@@ -91,6 +105,7 @@ def route(
         float, option("--serving-timeout-s", "Deadline of one serving call.", min=0.1)
     ] = 30.0,
     health_file: HealthFileOpt = None,
+    stall_timeout_s: StallTimeoutOpt = DEFAULT_STALL_TIMEOUT_S,
 ) -> None:
     """Consume xray.preprocessed, call TF Serving (gRPC), write xray.predictions."""
     from chexstack.ab import ControlFollower, parse_weights
@@ -113,8 +128,9 @@ def route(
         group=group or f"{topic_prefix}chexstack-router",
         max_batch=max_batch,
         max_wait_s=max_wait_ms / 1000,
+        stall_timeout_s=stall_timeout_s,
+        health_file=health_file,
     )
-    worker.health_file = health_file
     worker.install_signal_handlers()
     try:
         stats = worker.run()

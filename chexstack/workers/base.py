@@ -1,10 +1,27 @@
 """The consume -> transform -> produce loop every worker shares.
 
-Each micro-batch (up to `max_batch` messages or `max_wait_s`) is handled, then its outputs, its dead
-letters and its input offsets are committed in ONE Kafka transaction: an output is never visible
-without its offset moving, and an offset never moves without its output. A crash or a rebalance
-mid-batch replays the batch; consumers read with isolation.level=read_committed, so downstream sees
-each result exactly once.
+Exactly-once: each micro-batch (up to `max_batch` messages or `max_wait_s`) is handled, then its
+outputs, its dead letters and its input offsets are committed in ONE Kafka transaction: an output is
+never visible without its offset moving, and an offset never moves without its output. A crash or a
+rebalance mid-batch replays the batch; consumers read with isolation.level=read_committed, so downstream
+sees each result exactly once.
+
+Errors follow librdkafka's transactional contract. Each transactional call waits at most
+TXN_CALL_TIMEOUT_S (the loop beats between tries), then:
+- a retriable error (a timeout, the broker restarting) repeats the same call: commit_transaction
+  resumes where it stopped, send_offsets_to_transaction is sent again with the same offsets and group
+  metadata;
+- an error that requires an abort (the group moved on while the broker was away, a message could not be
+  written) aborts the transaction and rewinds the consumer to the batch, which is processed again;
+- a fatal error, an error that is neither retriable nor abortable, and a transaction that has not
+  finished after TRANSACTION_TIMEOUT_S (the broker aborts it then) end the process with
+  TransactionFailed: the container's restart policy starts a fresh worker.
+Nothing is aborted unless the error says so: aborting a transaction whose commit is still under way
+desynchronises the producer. A loop that makes no progress for `stall_timeout_s` whatever the cause
+(a call that never returns) is ended by a watchdog thread with exit status STALLED_EXIT_CODE, since
+compose does not restart a container that is merely unhealthy. Ending the process loses and duplicates
+nothing: the broker aborts its open transaction (or has committed it, with its offsets), and whoever
+gets the partitions next starts from the last committed offsets.
 """
 
 from __future__ import annotations
@@ -13,6 +30,7 @@ import base64
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -26,6 +44,27 @@ from chexstack.bus import make_consumer, producer_config
 from chexstack.messages import DeadLetter, now_ms
 
 log = logging.getLogger(__name__)
+
+# How long the broker lets a transaction stay open before aborting it. A worker killed mid-transaction
+# holds back every read_committed reader of the partitions it wrote to (and the offset fetch of whoever
+# takes over its input partitions) until then, plus up to 10 s (the broker's
+# transaction.abort.timed.out.transaction.cleanup.interval.ms); librdkafka's default is 60 s. A batch's
+# transaction is opened only after its handler ran, so it lasts as long as its produce and commit.
+TRANSACTION_TIMEOUT_S = 30.0
+# Longest single wait in a transactional call; the loop beats between tries.
+TXN_CALL_TIMEOUT_S = 5.0
+# Bounds how long a request waits for the broker (librdkafka's default is transaction.timeout.ms):
+# send_offsets_to_transaction returns only when its requests do.
+SOCKET_TIMEOUT_MS = 10_000
+# Both clients: reconnect at most 1 s after the broker is back (librdkafka's default backs off up to
+# 10 s), and keep the known broker handles when every broker is away (a single broker restarting):
+# librdkafka's re-bootstrap then decommissions them, and a transactional offset commit queued on the
+# old handle was seen to wait forever (send_offsets_to_transaction blocked while the broker was back).
+CLIENT_CONFIG = {"reconnect.backoff.max.ms": 1_000, "metadata.recovery.strategy": "none"}
+# Between tries of a call that failed at once (no broker connection yet).
+RETRY_PAUSE_S = 0.5
+# Exit status when the watchdog ends a stalled worker (EX_TEMPFAIL: start me again).
+STALLED_EXIT_CODE = 75
 
 
 @dataclass(frozen=True)
@@ -68,6 +107,59 @@ def dead_letter(msg: Message, dlq_topic: str, worker: str, reason: str, error_ty
 Handler = Callable[[Sequence[Message]], list[Output]]
 
 
+class TransactionFailed(RuntimeError):
+    """The producer cannot carry on; the process must end so that a fresh one takes over."""
+
+
+class Watchdog:
+    """Ends the process (os._exit) when `beat` has not been called for `timeout_s` seconds.
+
+    A call stuck inside librdkafka or gRPC cannot be interrupted from Python, and an unhealthy container
+    is not restarted by compose: exiting is what brings a stuck worker back.
+    """
+
+    def __init__(self, name: str, timeout_s: float) -> None:
+        if timeout_s <= 0:
+            raise ValueError(f"the stall timeout must be positive, got {timeout_s}")
+        self.name = name
+        self.timeout_s = timeout_s
+        self._last = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"{name}-watchdog", daemon=True)
+
+    def beat(self) -> None:
+        self._last = time.monotonic()
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout_s / 4)):
+            idle = time.monotonic() - self._last
+            if idle > self.timeout_s:
+                log.critical(
+                    "%s: no progress for %.0f s (stall timeout %.0f s): exiting with status %d so that "
+                    "the worker is restarted",
+                    self.name,
+                    idle,
+                    self.timeout_s,
+                    STALLED_EXIT_CODE,
+                )
+                for handler in logging.getLogger().handlers:
+                    handler.flush()
+                sys.stderr.flush()
+                os._exit(STALLED_EXIT_CODE)
+
+
+def _kafka_error(exc: KafkaException) -> KafkaError | None:
+    err = exc.args[0] if exc.args else None
+    return err if isinstance(err, KafkaError) else None
+
+
 class BatchWorker:
     """Runs `handler` over micro-batches of `in_topic` with transactional output and offsets."""
 
@@ -79,8 +171,10 @@ class BatchWorker:
         group: str,
         in_topic: str,
         handler: Handler,
-        max_batch: int = 32,
-        max_wait_s: float = 0.05,
+        max_batch: int,
+        max_wait_s: float,
+        stall_timeout_s: float,
+        health_file: Path | None,
         retry_backoff_s: tuple[float, float] = (0.5, 10.0),
         dlq_topic: str | None = None,
     ) -> None:
@@ -96,12 +190,21 @@ class BatchWorker:
         self._revoked = False
         # Touched while the loop runs (also while waiting out a retry): a container healthcheck
         # compares its age with a limit.
-        self.health_file: Path | None = None
-        self._last_beat = 0.0
-        self.consumer: Consumer = make_consumer(bootstrap, group)
+        self.health_file = health_file
+        self._last_touch = 0.0
+        self.watchdog = Watchdog(name, stall_timeout_s)
+        self.consumer: Consumer = make_consumer(bootstrap, group, **CLIENT_CONFIG)
         # A fresh transactional.id per process is safe with KIP-447: fencing uses the group metadata.
         self.producer = Producer(
-            producer_config(bootstrap, **{"transactional.id": f"{group}-{uuid.uuid4().hex[:12]}"})
+            producer_config(
+                bootstrap,
+                **{
+                    "transactional.id": f"{group}-{uuid.uuid4().hex[:12]}",
+                    "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
+                    "socket.timeout.ms": SOCKET_TIMEOUT_MS,
+                    **CLIENT_CONFIG,
+                },
+            )
         )
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -116,24 +219,39 @@ class BatchWorker:
             signal.signal(sig, lambda *_: self.stop_event.set())
 
     def run(self) -> WorkerStats:
-        self.producer.init_transactions(30)
-        self.consumer.subscribe([self.in_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
-        log.info("%s: consuming %s", self.name, self.in_topic)
+        self.watchdog.start()
         try:
-            while not self.stop_event.is_set():
-                self._beat()
-                msgs = self._poll_batch()
-                if msgs:
-                    self._process(msgs)
+            self.producer.init_transactions(30)
+            self.consumer.subscribe([self.in_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+            log.info("%s: consuming %s", self.name, self.in_topic)
+            try:
+                while not self.stop_event.is_set():
+                    self._beat()
+                    msgs = self._poll_batch()
+                    if msgs:
+                        self._process(msgs)
+            except TransactionFailed as exc:
+                log.error(
+                    "%s: exiting: %s; the broker aborts the open transaction and the batch is processed "
+                    "again by whichever worker gets its partitions",
+                    self.name,
+                    exc,
+                )
+                raise
+            finally:
+                # The watchdog still runs: a close that hangs ends the process too.
+                self.consumer.close()
+                self.producer.flush(10)
         finally:
-            self.consumer.close()
-            self.producer.flush(10)
+            self.watchdog.stop()
         return self.stats
 
-    def _beat(self, every_s: float = 5.0) -> None:
-        if self.health_file is None or time.monotonic() - self._last_beat < every_s:
+    def _beat(self, touch_every_s: float = 5.0) -> None:
+        """Progress: feeds the watchdog, and touches the health file every few seconds."""
+        self.watchdog.beat()
+        if self.health_file is None or time.monotonic() - self._last_touch < touch_every_s:
             return
-        self._last_beat = time.monotonic()
+        self._last_touch = time.monotonic()
         try:
             self.health_file.touch()
             os.utime(self.health_file)
@@ -204,31 +322,81 @@ class BatchWorker:
         for m in msgs:
             tp = (m.topic() or "", m.partition() or 0)
             offsets[tp] = max(offsets.get(tp, -1), (m.offset() or 0) + 1)
+        positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+        # Retried as is: librdkafka asks for the same offsets and group metadata on every try.
+        group = self.consumer.consumer_group_metadata()
+        deadline = time.monotonic() + TRANSACTION_TIMEOUT_S
         try:
             self.producer.begin_transaction()
             for out in outputs:
                 self.producer.produce(out.topic, key=out.key, value=out.value)
                 # Keep the local queue small for big batches of inline pixels.
                 self.producer.poll(0)
-            self.producer.send_offsets_to_transaction(
-                [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                self.consumer.consumer_group_metadata(),
-                30,
-            )
-            self.producer.commit_transaction(60)
         except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            log.warning("%s: transaction failed (%s); the batch will be processed again", self.name, exc)
-            if isinstance(err, KafkaError) and err.fatal():
-                raise
-            try:
-                self.producer.abort_transaction(30)
-            except KafkaException as abort_exc:
-                log.warning("%s: abort failed: %s", self.name, abort_exc)
-            self._rewind(msgs)
+            self._failed("produce", exc, msgs)
+            return
+
+        def send_offsets(timeout_s: float) -> None:
+            self.producer.send_offsets_to_transaction(positions, group, timeout_s)
+
+        if not (
+            self._call("send_offsets_to_transaction", send_offsets, msgs, deadline)
+            and self._call("commit_transaction", self.producer.commit_transaction, msgs, deadline)
+        ):
             return
         self.stats.batches += 1
         self.stats.consumed += len(msgs)
         self.stats.produced += len(outputs)
         if self.dlq_topic:
             self.stats.dead_letters += sum(1 for o in outputs if o.topic == self.dlq_topic)
+
+    def _call(
+        self, call: str, step: Callable[[float], None], msgs: Sequence[Message], deadline: float
+    ) -> bool:
+        """Run one transactional call to success (True), or abort and rewind the batch (False)."""
+        while True:
+            started = time.monotonic()
+            try:
+                step(TXN_CALL_TIMEOUT_S)
+                return True
+            except KafkaException as exc:
+                err = _kafka_error(exc)
+                if err is None or err.fatal() or err.txn_requires_abort() or not err.retriable():
+                    self._failed(call, exc, msgs)
+                    return False
+                if time.monotonic() >= deadline:
+                    raise TransactionFailed(
+                        f"{call} still failing after {TRANSACTION_TIMEOUT_S:.0f} s, the transaction "
+                        f"timeout (last error: {err})"
+                    ) from exc
+                log.warning("%s: %s: %s; trying again", self.name, call, err)
+            self._beat()
+            # A call that failed at once (no connection yet) is not tried again in a busy loop.
+            time.sleep(max(0.0, RETRY_PAUSE_S - (time.monotonic() - started)))
+
+    def _failed(self, call: str, exc: KafkaException, msgs: Sequence[Message]) -> None:
+        """Abort and rewind when the error requires an abort; raise TransactionFailed otherwise."""
+        err = _kafka_error(exc)
+        if err is None or err.fatal() or not err.txn_requires_abort():
+            # librdkafka: treat an error that is neither retriable nor abortable as fatal.
+            kind = "fatal error" if err is not None and err.fatal() else "error that allows no abort"
+            raise TransactionFailed(f"{call}: {kind}: {exc}") from exc
+        log.warning("%s: %s: %s; aborting, the batch will be processed again", self.name, call, err)
+        deadline = time.monotonic() + TRANSACTION_TIMEOUT_S
+        while True:
+            try:
+                self.producer.abort_transaction(TXN_CALL_TIMEOUT_S)
+                break
+            except KafkaException as abort_exc:
+                abort_err = _kafka_error(abort_exc)
+                if abort_err is None or abort_err.fatal() or not abort_err.retriable():
+                    raise TransactionFailed(f"abort_transaction: {abort_exc}") from abort_exc
+                if time.monotonic() >= deadline:
+                    raise TransactionFailed(
+                        f"abort_transaction still failing after {TRANSACTION_TIMEOUT_S:.0f} s "
+                        f"(last error: {abort_err})"
+                    ) from abort_exc
+                log.warning("%s: abort_transaction: %s; trying again", self.name, abort_err)
+            self._beat()
+            time.sleep(RETRY_PAUSE_S)
+        self._rewind(msgs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from confluent_kafka import Message
 
@@ -63,9 +64,11 @@ def make_worker(
     store: BlobStore,
     topics: Topics,
     limits: Limits,
-    group: str = "chexstack-preprocess",
-    max_batch: int = 16,
-    max_wait_s: float = 0.05,
+    group: str,
+    max_batch: int,
+    max_wait_s: float,
+    stall_timeout_s: float,
+    health_file: Path | None,
 ) -> BatchWorker:
     return BatchWorker(
         name=WORKER,
@@ -75,5 +78,7 @@ def make_worker(
         handler=lambda msgs: handle_uploaded(msgs, store=store, topics=topics, limits=limits),
         max_batch=max_batch,
         max_wait_s=max_wait_s,
+        stall_timeout_s=stall_timeout_s,
+        health_file=health_file,
         dlq_topic=topics.dlq,
     )

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from confluent_kafka import Message
@@ -89,9 +90,11 @@ def make_worker(
     *,
     bootstrap: str,
     router: Router,
-    group: str = "chexstack-router",
-    max_batch: int = 32,
-    max_wait_s: float = 0.05,
+    group: str,
+    max_batch: int,
+    max_wait_s: float,
+    stall_timeout_s: float,
+    health_file: Path | None,
 ) -> BatchWorker:
     return BatchWorker(
         name=WORKER,
@@ -101,5 +104,7 @@ def make_worker(
         handler=router.handle,
         max_batch=max_batch,
         max_wait_s=max_wait_s,
+        stall_timeout_s=stall_timeout_s,
+        health_file=health_file,
         dlq_topic=router.topics.dlq,
     )

@@ -19,6 +19,9 @@ class Proc:
     name: str
     proc: subprocess.Popen[bytes]
     log: Path
+    argv: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    exits: list[int] = field(default_factory=list)  # statuses of the runs that ended on their own
 
     def text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -33,10 +36,24 @@ class Proc:
                 self.proc.wait(10)
         return self.text()
 
+    def restart_if_exited(self) -> bool:
+        """Like compose's `restart: unless-stopped`: start the worker again if it ended on its own."""
+        code = self.proc.poll()
+        if code is None:
+            return False
+        self.exits.append(code)
+        self.proc = _spawn(self.argv, self.env, self.log)
+        return True
+
     def consumed(self) -> int:
         """Messages this worker processed, from the stats line it logs when it stops."""
         m = re.search(r"stopped: WorkerStats\(batches=\d+, consumed=(\d+)", self.text())
         return int(m.group(1)) if m else -1
+
+
+def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as fh:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
 
 
 @dataclass
@@ -48,14 +65,9 @@ class Workers:
     def start(self, command: str, *args: str) -> Proc:
         n = sum(1 for p in self.procs if p.name.startswith(command))
         log = self.logdir / f"{command}-{n}.log"
-        fh = open(log, "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "chexstack", command, *args],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
-        )
-        p = Proc(f"{command}-{n}", proc, log)
+        argv = [sys.executable, "-m", "chexstack", command, *args]
+        env = {**os.environ, **self.env}
+        p = Proc(f"{command}-{n}", _spawn(argv, env, log), log, argv, env)
         self.procs.append(p)
         return p
 
