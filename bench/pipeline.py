@@ -12,13 +12,11 @@ import argparse
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.common import free_port, free_port_pair, start, wait_http  # noqa: E402
 from chexstack.blobstore import open_store  # noqa: E402
 from chexstack.broker import Broker  # noqa: E402
 from chexstack.commands.kafka import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS  # noqa: E402
@@ -40,33 +39,6 @@ from chexstack.transform import preprocess_bytes  # noqa: E402
 
 # The CLI's upload limits.
 LIMITS = Limits(max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chexstack", *args],
-        env={**os.environ, **env},
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_http(url: str, needle: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if needle in urllib.request.urlopen(url, timeout=2).read().decode():
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} never answered {needle}")
 
 
 def wait_log(path: Path, needle: str, timeout_s: float = 120) -> None:
@@ -100,7 +72,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="chexstack-bench-"))
     procs: list[subprocess.Popen[bytes]] = []
-    broker = Broker(work / "kafka", port=free_port())
+    broker = Broker(work / "kafka", port=free_port_pair())
     try:
         broker.up()
         topics = Topics("bench.")

@@ -25,13 +25,11 @@ import argparse
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -44,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 
+from bench.common import free_port, free_port_pair, start, wait_http  # noqa: E402
 from chexstack.blobstore import open_store  # noqa: E402
 from chexstack.broker import Broker  # noqa: E402
 from chexstack.deid import load_or_create_key  # noqa: E402
@@ -52,48 +51,6 @@ from chexstack.messages import Prediction, decode  # noqa: E402
 from chexstack.synth import make_png, render_radiograph  # noqa: E402
 from chexstack.topics import Topics, ensure_topics  # noqa: E402
 from chexstack.workers.base import TRANSACTION_TIMEOUT_S  # noqa: E402
-
-
-def free_port_pair() -> int:
-    """A port p where p and p+1 are both free (broker + its controller)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = int(s.getsockname()[1])
-        try:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", p + 1))
-            return p
-        except OSError:
-            continue
-    raise RuntimeError("no free port pair")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chexstack", *args],
-        env={**os.environ, **env},
-        stdout=open(log, "ab"),
-        stderr=subprocess.STDOUT,
-    )
-
-
-def wait_http(url: str, needle: str, timeout_s: float = 300) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if needle in urllib.request.urlopen(url, timeout=2).read().decode():
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{url} never answered {needle}")
 
 
 class Follower(threading.Thread):
