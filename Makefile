@@ -52,7 +52,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check chexstack tests bench plugins
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy chexstack plugins/filter
+	$(VENV)/bin/mypy chexstack plugins/filter bench tests
 
 schemas: $(STAMP)
 	$(VENV)/bin/chexstack schemas export --out docs/schemas

@@ -180,13 +180,13 @@ def main() -> None:
         print(f"| single-image end-to-end latency p50 (n={len(lat)}) | {p50:.0f} ms |")
         print(f"| single-image end-to-end latency p99 (n={len(lat)}) | {p99:.0f} ms |")
     finally:
-        for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
             try:
-                p.wait(30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
-                p.kill()
+                proc.kill()
         broker.down()
 
 

@@ -45,9 +45,11 @@ from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from bench.common import free_port, free_port_pair, start, wait_http  # noqa: E402
 from chexstack.blobstore import open_store  # noqa: E402
 from chexstack.broker import Broker  # noqa: E402
+from chexstack.commands.kafka import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS  # noqa: E402
 from chexstack.deid import load_or_create_key  # noqa: E402
 from chexstack.ingest import Uploader  # noqa: E402
 from chexstack.messages import Prediction, decode  # noqa: E402
+from chexstack.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Limits  # noqa: E402
 from chexstack.synth import make_png, render_radiograph  # noqa: E402
 from chexstack.topics import Topics, ensure_topics  # noqa: E402
 from chexstack.workers.base import TRANSACTION_TIMEOUT_S  # noqa: E402
@@ -245,7 +247,7 @@ def main() -> None:
     try:
         broker.up()
         topics = Topics("bench.")
-        ensure_topics(broker.bootstrap, partitions=6, prefix=topics.prefix)
+        ensure_topics(broker.bootstrap, DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS, prefix=topics.prefix)
         from chexstack.model import build_chexnet, export_saved_model
 
         models = work / "models" / "chexnet"
@@ -269,7 +271,11 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{rest_port}/v1/models/chexnet", "AVAILABLE")
         store = open_store(str(work / "blobs"))
         uploader = Uploader(
-            bootstrap=broker.bootstrap, store=store, key=load_or_create_key(store, None), topics=topics
+            bootstrap=broker.bootstrap,
+            store=store,
+            key=load_or_create_key(store, None),
+            limits=Limits(max_bytes=DEFAULT_MAX_BYTES, max_pixels=DEFAULT_MAX_PIXELS),
+            topics=topics,
         )
         follower = Follower(broker.bootstrap, topics.predictions)
         follower.start()

@@ -76,12 +76,12 @@ def main() -> None:
         def memory_round() -> float:
             start = time.perf_counter()
             model.fit(x, y, batch_size=args.batch_size, epochs=1, shuffle=False, verbose=0)
-            return n / (time.perf_counter() - start)
+            return float(n / (time.perf_counter() - start))
 
         def pipeline_round() -> float:
             start = time.perf_counter()
             model.fit(pipeline, epochs=1, shuffle=False, verbose=0)
-            return len(pipeline) * args.batch_size / (time.perf_counter() - start)
+            return float(len(pipeline) * args.batch_size / (time.perf_counter() - start))
 
         # Warm-up: trace the train step and start both feeds once before anything is timed.
         model.fit(x[: args.batch_size * 2], y[: args.batch_size * 2], batch_size=args.batch_size, verbose=0)

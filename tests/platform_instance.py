@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -95,7 +96,7 @@ def docker(*args: str, check: bool = True, input: str | None = None) -> str:
     return proc.stdout
 
 
-def containers() -> list[dict[str, object]]:
+def containers() -> list[dict[str, Any]]:
     rows = []
     for project in PROJECTS:
         out = docker("compose", "-p", project, "ps", "--all", "--format", "json")
@@ -113,7 +114,7 @@ def healthy(rows: list[dict[str, object]]) -> bool:
     )
 
 
-def wait_healthy(timeout_s: float = 300) -> list[dict[str, object]]:
+def wait_healthy(timeout_s: float = 300) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout_s
     while True:
         rows = containers()
@@ -142,7 +143,7 @@ def hub_token() -> str:
     return HUB_TOKEN_FILE.read_text().strip()
 
 
-def hub_api(path: str, token: str | None) -> tuple[int, dict[str, object]]:
+def hub_api(path: str, token: str | None) -> tuple[int, dict[str, Any]]:
     req = urllib.request.Request(
         f"{HUB_URL}{path}", headers={"Authorization": f"Bearer {token}"} if token else {}
     )

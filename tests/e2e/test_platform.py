@@ -113,7 +113,7 @@ def test_every_container_healthy_on_loopback_only(e2e_platform: Platform) -> Non
     services = {r["Service"] for r in rows}
     assert {"kafka", "serving", "preprocess", "router", "hub", "jupyter", "tensorboard"} <= services
     for r in rows:
-        for pub in r.get("Publishers") or []:  # type: ignore[union-attr]
+        for pub in r.get("Publishers") or []:
             if pub["PublishedPort"]:
                 assert pub["URL"] == "127.0.0.1", (r["Name"], pub)
 
@@ -170,7 +170,7 @@ def test_demo_model_trained_handed_off_and_in_the_hub(e2e_platform: Platform) ->
     name = VARS["chexstack_model_name"]
     status, body = hub_api(f"/v1/models?name={name}", token)
     assert status == 200, body
-    (model,) = body["models"]  # type: ignore[misc]
+    (model,) = body["models"]
     assert model["labels"]["stable"] == version, model
     by_version = {v["version"]: v for v in model["versions"]}
     assert by_version[version]["state"] == "AVAILABLE"

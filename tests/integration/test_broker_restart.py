@@ -18,13 +18,14 @@ from confluent_kafka import KafkaException
 
 from chexstack.blobstore import open_store
 from chexstack.broker import Broker
+from chexstack.commands.kafka import DEFAULT_RETENTION_MS
 from chexstack.deid import load_or_create_key
 from chexstack.ingest import Uploader
 from chexstack.messages import Prediction, decode
 from chexstack.predictions import read_predictions
 from chexstack.topics import Topics, ensure_topics
 from chexstack.workers.base import STALLED_EXIT_CODE
-from tests.conftest import free_port_pair
+from tests.conftest import LIMITS, free_port_pair
 from tests.integration.conftest import ServeFactory
 from tests.integration.test_pipeline import make_uploads, read_topic, upload
 from tests.integration.workers import Proc, running_workers
@@ -49,7 +50,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
 @pytest.fixture
 def topics(broker: Broker) -> Topics:
     t = Topics("restart.")
-    ensure_topics(broker.bootstrap, partitions=3, prefix=t.prefix)
+    ensure_topics(broker.bootstrap, 3, DEFAULT_RETENTION_MS, prefix=t.prefix)
     return t
 
 
@@ -57,7 +58,11 @@ def topics(broker: Broker) -> Topics:
 def uploader(broker: Broker, topics: Topics, store_dir: Path) -> Iterator[Uploader]:
     store = open_store(str(store_dir))
     with Uploader(
-        bootstrap=broker.bootstrap, store=store, key=load_or_create_key(store, None), topics=topics
+        bootstrap=broker.bootstrap,
+        store=store,
+        key=load_or_create_key(store, None),
+        limits=LIMITS,
+        topics=topics,
     ) as u:
         yield u
 

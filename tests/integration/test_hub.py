@@ -21,6 +21,7 @@ import requests
 
 from chexstack.bus import make_producer, produce_sync
 from chexstack.hub import modelsconfig
+from chexstack.hub.api import HubServer
 from chexstack.hub.client import HubClient, HubClientError
 from chexstack.hub.handoff import handoff, label_version
 from chexstack.hub.service import Conflict, Service, Settings
@@ -29,7 +30,7 @@ from chexstack.messages import Preprocessed, now_ms
 from chexstack.serving_client import ServingClient
 from chexstack.topics import Topics
 from tests.conftest import free_port
-from tests.integration.conftest import MODEL_NAME, ServeProcess, models_config, sample_pixels
+from tests.integration.conftest import MODEL_NAME, ServeFactory, ServeProcess, models_config, sample_pixels
 from tests.integration.test_pipeline import wait_predictions
 from tests.integration.workers import Proc, running_workers
 
@@ -39,8 +40,13 @@ POLL = ["--model-config-file-poll-wait-seconds", "1", "--file-system-poll-wait-s
 TOKEN = "s3cret-hub-token"
 CLIENT_TIMEOUT_S = 120.0  # a rerun or promote answers once done
 WAIT_S = 60.0  # how long a promotion waits for serving (the --wait-s default)
-# make_server's settings as `chexstack hub serve` passes them; port 0: any free port.
-API = {"host": "127.0.0.1", "port": 0, "token": None, "reruns": True, "label_wait_s": WAIT_S}
+
+
+def start_api(service: Service, *, reruns: bool) -> HubServer:
+    """The hub API as `chexstack hub serve` makes it, on any free port (0), no token."""
+    from chexstack.hub.api import make_server
+
+    return make_server(service, host="127.0.0.1", port=0, token=None, reruns=reruns, label_wait_s=WAIT_S)
 
 
 def private_base(tmp_path: Path, model_base: Path, versions: tuple[int, ...]) -> Path:
@@ -109,8 +115,8 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
 def test_promote_rollback_handoff_cli_and_api_in_real_serving(
     tmp_path: Path,
     model_base: Path,
-    serve_factory,
-    hub: Hub,  # type: ignore[no-untyped-def]
+    serve_factory: ServeFactory,
+    hub: Hub,
 ) -> None:
     base = private_base(tmp_path, model_base, (1, 2, 3))  # 3 is on disk but not in the policy
     server = serve_factory(POLL, config=models_config(base, labels={"stable": 1}))
@@ -238,8 +244,8 @@ def test_promote_rollback_and_ab_steer_the_router(
     topics: dict[str, str],
     tmp_path: Path,
     model_base: Path,
-    serve_factory,
-    hub: Hub,  # type: ignore[no-untyped-def]
+    serve_factory: ServeFactory,
+    hub: Hub,
 ) -> None:
     t = Topics(topics["prefix"])
     server = serve_factory(POLL, config=models_config(model_base, labels={"stable": 1, "canary": 2}))
@@ -305,9 +311,9 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
     assert res.returncode == 1 and "only train jobs can be rerun" in res.stderr
 
     # Through the API the rerun runs in the background: queued at once, failed once the child exits.
-    from chexstack.hub.api import make_server, serve_in_thread
+    from chexstack.hub.api import serve_in_thread
 
-    server = make_server(Service(hub, Settings(hub.path)), **API)
+    server = start_api(Service(hub, Settings(hub.path)), reruns=True)
     serve_in_thread(server)
     try:
         queued = HubClient(server.url, timeout_s=CLIENT_TIMEOUT_S).rerun(old)
@@ -322,7 +328,7 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
         server.server_close()
 
     # Where the API process has no training data (the platform's hub service), reruns are refused.
-    server = make_server(Service(hub, Settings(hub.path)), **(API | {"reruns": False}))
+    server = start_api(Service(hub, Settings(hub.path)), reruns=False)
     serve_in_thread(server)
     try:
         with pytest.raises(HubClientError) as refused:

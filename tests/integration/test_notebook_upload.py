@@ -23,6 +23,7 @@ from chexstack.notebook.upload import UploadPanel
 from chexstack.synth import make_dicom, make_png, render_radiograph
 from chexstack.topics import Topics
 from tests.conftest import free_port
+from tests.integration.conftest import ServeFactory
 from tests.integration.test_pipeline import read_topic
 from tests.integration.workers import running_workers
 
@@ -53,7 +54,7 @@ def test_panel_uploads_follows_and_shows_cards(
     kafka: str,
     topics: dict[str, str],
     store_dir: Path,
-    serve_factory,  # type: ignore[no-untyped-def]
+    serve_factory: ServeFactory,
     model_base: Path,
     tmp_path: Path,
 ) -> None:
@@ -161,8 +162,8 @@ def test_the_patient_id_applies_to_one_picked_batch_only(
     panel.wait()
     panel.close()
 
-    ids = {s.name: s.image_id for s in panel.results()}
-    assert None not in ids.values(), panel.report()
+    ids = {s.name: s.image_id or "" for s in panel.results()}
+    assert "" not in ids.values(), panel.report()
     sent = {
         m.image_id: m for m in (decode(Uploaded, v) for _, v in read_topic(kafka, topics["xray.uploaded"]))
     }

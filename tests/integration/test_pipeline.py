@@ -27,6 +27,7 @@ from chexstack.predictions import read_predictions
 from chexstack.settings import Limits
 from chexstack.synth import make_dicom, make_jpeg, make_png, render_radiograph
 from chexstack.topics import Topics
+from tests.integration.conftest import ServeFactory
 from tests.integration.workers import Proc, running_workers
 
 pytestmark = pytest.mark.integration
@@ -123,9 +124,9 @@ def test_two_preprocess_two_routers_exactly_one_prediction_each(
     topics: dict[str, str],
     pipeline_env: dict[str, str],
     uploader: Uploader,
-    serve_factory,
+    serve_factory: ServeFactory,
     model_base: Path,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     t = Topics(topics["prefix"])
     server = serve_factory(["--enable-batching"], model_base=model_base)
@@ -179,9 +180,9 @@ def test_serving_stopped_and_restarted_mid_stream_loses_nothing(
     topics: dict[str, str],
     pipeline_env: dict[str, str],
     uploader: Uploader,
-    serve_factory,
+    serve_factory: ServeFactory,
     model_base: Path,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     t = Topics(topics["prefix"])
     server = serve_factory(model_base=model_base)
@@ -243,9 +244,9 @@ def test_ab_weights_change_live_and_stick_per_patient(
     pipeline_env: dict[str, str],
     uploader: Uploader,
     store_dir: Path,
-    serve_factory,
+    serve_factory: ServeFactory,
     model_base: Path,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    tmp_path: Path,
 ) -> None:
     t = Topics(topics["prefix"])
     config = tmp_path / "models.config"
