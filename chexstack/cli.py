@@ -29,7 +29,10 @@ from chexstack.commands import (
 
 app = typer.Typer(
     name="chexstack",
-    help="CheXStack: chest X-ray ML platform. Every --flag can also be set as CHEXSTACK_<FLAG>.",
+    help=(
+        "CheXStack: chest X-ray ML platform. Every setting --flag can also be set as CHEXSTACK_<FLAG>"
+        " (--help lists each one's variable; inputs of one call such as --patient-id have none)."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -53,7 +53,7 @@ def env_name(flag: str) -> str:
     return "CHEXSTACK_" + flag.lstrip("-").replace("-", "_").upper()
 
 
-def option(flag: str, help: str, *, alias: str | None = None, **kw: Any) -> Any:
+def option(flag: str, help: str, *, alias: str | None = None, env: bool = True, **kw: Any) -> Any:
     """The one way to declare a CLI option, in typer's Annotated form:
 
         max_batch: Annotated[int, option("--max-batch", "Messages per transaction.", min=1)] = 16
@@ -61,9 +61,14 @@ def option(flag: str, help: str, *, alias: str | None = None, **kw: Any) -> Any:
     The parameter's default is the option's default: with the role default, the only place it is
     written. The option also reads `CHEXSTACK_<FLAG>` (env_name of `flag`, the part before "/" for an
     on/off pair such as "--export/--no-export"); `alias` is a second spelling, e.g. a short "-f".
+    `env=False` for an input of one call rather than a setting (which patient, which image, where to
+    write, print JSON): a variable left in a shell must not silently apply to every later call (a
+    CHEXSTACK_PATIENT_ID would give every upload one patient's pseudonym).
     Returns typer's OptionInfo; `kw` are typer.Option's other arguments (min, max, show_default, ...).
     """
     decls = (flag,) if alias is None else (flag, alias)
+    if not env:
+        return typer.Option(*decls, help=help, **kw)
     return typer.Option(*decls, envvar=env_name(flag.split("/")[0]), help=help, show_envvar=True, **kw)
 
 
@@ -92,7 +97,7 @@ TopicPrefixOpt = Annotated[
 ]
 DEFAULT_TOPIC_PREFIX: Final = ""
 GroupOpt = Annotated[str | None, option("--group", "Kafka consumer group (default: chexstack-<worker>).")]
-JsonOpt = Annotated[bool, option("--json", "Print JSON.")]
+JsonOpt = Annotated[bool, option("--json", "Print JSON.", env=False)]
 # Training and the model information hub.
 WaitOpt = Annotated[
     float,

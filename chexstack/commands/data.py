@@ -17,8 +17,8 @@ data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
 
 @data_app.command("synth")
 def synth(
-    out: Annotated[Path, option("--out", "Output directory (created if missing).")],
-    count: Annotated[int, option("--count", "Number of images.", min=0)],
+    out: Annotated[Path, option("--out", "Output directory (created if missing).", env=False)],
+    count: Annotated[int, option("--count", "Number of images.", min=0, env=False)],
     seed: Annotated[
         int, option("--seed", "Random seed: the same seed gives byte-identical files.")
     ] = DEFAULT_SEED,
@@ -76,7 +76,9 @@ def prepare(
             help="ChestX-ray14 folder (with Data_Entry_2017.csv) or a manifest CSV.", show_default=False
         ),
     ],
-    out: Annotated[Path, option("--out", "Output folder for the shards (must be empty unless --force).")],
+    out: Annotated[
+        Path, option("--out", "Output folder for the shards (must be empty unless --force).", env=False)
+    ],
     fmt: Annotated[SourceFormat, option("--format", "Source layout.")] = SourceFormat.auto,
     image_size: Annotated[int, option("--image-size", "Shard images are S x S pixels.", min=8)] = IMAGE_SIZE,
     val_fraction: Annotated[
@@ -97,14 +99,16 @@ def prepare(
     ] = DEFAULT_SEED,
     skip_bad_rows: Annotated[
         bool,
-        option("--skip-bad-rows", "Leave bad rows out (listed in dataset.json) instead of stopping."),
+        option(
+            "--skip-bad-rows", "Leave bad rows out (listed in dataset.json) instead of stopping.", env=False
+        ),
     ] = False,
     shard_size: Annotated[int, option("--shard-size", "Images per shard file.", min=1)] = 4096,
     workers: Annotated[
         int | None, option("--workers", "Decoding processes. Default: the CPU count, at most 4.", min=1)
     ] = None,
     force: Annotated[
-        bool, option("--force", "Replace a non-empty --out (only once the new one is complete).")
+        bool, option("--force", "Replace a non-empty --out (only once the new one is complete).", env=False)
     ] = False,
     store: StoreOpt = None,
     pseudonym_key: PseudonymKeyOpt = None,

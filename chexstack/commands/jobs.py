@@ -27,8 +27,8 @@ def _line(job: Job) -> str:
 
 @jobs_app.command("list")
 def list_jobs(
-    kind: Annotated[str | None, option("--kind", "train or serve.")] = None,
-    limit: Annotated[int, option("--limit", "Newest N jobs.", min=1)] = 50,
+    kind: Annotated[str | None, option("--kind", "train or serve.", env=False)] = None,
+    limit: Annotated[int, option("--limit", "Newest N jobs.", min=1, env=False)] = 50,
     as_json: JsonOpt = False,
     hub: HubOpt = None,
 ) -> None:

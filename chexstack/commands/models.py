@@ -62,7 +62,7 @@ def list_models(
 def promote(
     name: NameArg,
     version: Annotated[int, typer.Argument(help="Version to label.")],
-    label: Annotated[str, option("--label", "stable or canary.")],
+    label: Annotated[str, option("--label", "stable or canary.", env=False)],
     wait_s: WaitOpt = DEFAULT_WAIT_S,
     hub: HubOpt = None,
     model_config_file: ModelConfigFileOpt = None,
@@ -77,7 +77,7 @@ def promote(
 @models_app.command("rollback")
 def rollback(
     name: NameArg,
-    label: Annotated[str, option("--label", "The label to roll back.")] = "stable",
+    label: Annotated[str, option("--label", "The label to roll back.", env=False)] = "stable",
     wait_s: WaitOpt = DEFAULT_WAIT_S,
     hub: HubOpt = None,
     model_config_file: ModelConfigFileOpt = None,
@@ -99,8 +99,10 @@ def _report(results: dict[str, object], name: str, job_id: str) -> None:
 
 @models_app.command("export")
 def export(
-    out: Annotated[Path, option("--out", "Model base path, e.g. MODEL_BASE/chexnet.")],
-    version: Annotated[int | None, option("--version", "Version number (default: next free).", min=1)] = None,
+    out: Annotated[Path, option("--out", "Model base path, e.g. MODEL_BASE/chexnet.", env=False)],
+    version: Annotated[
+        int | None, option("--version", "Version number (default: next free).", min=1, env=False)
+    ] = None,
     weights: Annotated[
         str,
         option(

@@ -11,11 +11,13 @@ from chexstack.settings import DEFAULT_KAFKA, DEFAULT_TOPIC_PREFIX, KafkaOpt, To
 
 def predictions(
     image_id: Annotated[
-        list[str] | None, option("--image-id", "Only these images (repeatable); waits for each.")
+        list[str] | None, option("--image-id", "Only these images (repeatable); waits for each.", env=False)
     ] = None,
-    follow: Annotated[bool, option("--follow", "Keep printing new predictions.", alias="-f")] = False,
+    follow: Annotated[
+        bool, option("--follow", "Keep printing new predictions.", alias="-f", env=False)
+    ] = False,
     timeout: Annotated[float | None, option("--timeout", "Stop after S seconds.", min=0)] = None,
-    as_json: Annotated[bool, option("--json", "One JSON object per prediction per line.")] = False,
+    as_json: Annotated[bool, option("--json", "One JSON object per prediction per line.", env=False)] = False,
     threshold: Annotated[
         float, option("--threshold", "Findings shown at or above this.", min=0.0, max=1.0)
     ] = 0.5,

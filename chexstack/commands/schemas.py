@@ -13,7 +13,9 @@ schemas_app = typer.Typer(help="Message contracts.", no_args_is_help=True)
 
 
 @schemas_app.command("export")
-def export(out: Annotated[Path, option("--out", "Output directory.")] = Path("docs/schemas")) -> None:
+def export(
+    out: Annotated[Path, option("--out", "Output directory.", env=False)] = Path("docs/schemas"),
+) -> None:
     """Write <topic>.schema.json for every topic."""
     from chexstack.messages import export_json_schemas
 

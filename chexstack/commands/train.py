@@ -19,7 +19,7 @@ _CFG = " Default: from --config, else TrainConfig's."
 def train(
     config_file: Annotated[
         Path | None,
-        option("--config", "YAML file of TrainConfig settings (the hub's spec['config'] is one)."),
+        option("--config", "YAML file of TrainConfig settings (the hub's spec['config'] is one).", env=False),
     ] = None,
     data_dir: Annotated[
         Path | None, option("--data-dir", "Shards from `chexstack data prepare`." + _CFG)
@@ -80,7 +80,7 @@ def train(
     workers: Annotated[int | None, option("--workers", "Threads preparing batches." + _CFG, min=1)] = None,
     hub: HubOpt = None,
     no_hub: Annotated[
-        bool, option("--no-hub", "Do not record the job in the model information hub.")
+        bool, option("--no-hub", "Do not record the job in the model information hub.", env=False)
     ] = False,
 ) -> None:
     """Train CheXNet (DenseNet-121, 14 sigmoid outputs) on uint8 shards, with TensorBoard logs and a report.

@@ -41,7 +41,11 @@ def upload(
     ],
     patient_id: Annotated[
         str | None,
-        option("--patient-id", "Patient ID for every file (pseudonymised; overrides the DICOM PatientID)."),
+        option(
+            "--patient-id",
+            "Patient ID for every file (pseudonymised; overrides the DICOM PatientID).",
+            env=False,
+        ),
     ] = None,
     kafka: KafkaOpt = DEFAULT_KAFKA,
     store: StoreOpt = None,

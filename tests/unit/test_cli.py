@@ -32,6 +32,13 @@ DERIVED = {
     ("chexstack train", "--image-size"),  # the shards' size (written by `data prepare --image-size`)
 }
 
+# Inputs of one call, not settings: `option(..., env=False)`, no CHEXSTACK_ variable. Which patient,
+# which image, where to write, what to print: a variable left in a shell must not apply to every call.
+INPUTS = {
+    "--patient-id", "--image-id", "--follow", "--json", "--out", "--count", "--version", "--label",
+    "--force", "--skip-bad-rows", "--config", "--no-hub", "--kind", "--limit",
+}  # fmt: skip
+
 REQUIRED = "<required>"
 
 
@@ -71,7 +78,10 @@ def problems(root: typer.Typer) -> list[str]:
         by_flag[flag].append((path, param))
         if not flag.startswith("--"):
             found.append(f"{path}: {param.name}: the first flag {flag!r} is not a --long flag")
-        if not isinstance(param.envvar, str) or param.envvar != env_name(flag):
+        if flag in INPUTS:
+            if param.envvar is not None:
+                found.append(f"{path} {flag}: an input of one call, but it reads {param.envvar!r}")
+        elif not isinstance(param.envvar, str) or param.envvar != env_name(flag):
             found.append(f"{path} {flag}: envvar {param.envvar!r}, expected {env_name(flag)!r}")
         for alias in param.opts[1:]:
             if alias in canonical and alias not in KEPT_ALIASES:
@@ -101,6 +111,7 @@ def test_the_exceptions_are_all_still_needed() -> None:
     flags = {(path, param.opts[0]) for path, param in options}
     assert flags >= DERIVED
     assert {path for path, _ in options} >= DEFERRED.keys()
+    assert {param.opts[0] for _, param in options} >= INPUTS
 
 
 def _bad_app() -> typer.Typer:
@@ -113,16 +124,17 @@ def _bad_app() -> typer.Typer:
         hand_made: Annotated[str, typer.Option("--hand-made", envvar="CHEXSTACK_OTHER")] = "",
         plain: Annotated[str, typer.Option("--plain")] = "",
         port: Annotated[int, option("--x-port", "P.", alias="--size")] = 2,
+        patient: Annotated[str, option("--patient-id", "An input that reads a variable.")] = "",
     ) -> None: ...
 
     @sub.command("two")
     def two(
         size: Annotated[str, option("--size", "S.")] = "1",
-        count: Annotated[int, option("--count", "C.")] = 3,
+        count: Annotated[int, option("--batch", "C.")] = 3,
     ) -> None: ...
 
     @sub.command("three")
-    def three(count: Annotated[int, option("--count", "C.")] = 4) -> None: ...
+    def three(count: Annotated[int, option("--batch", "C.")] = 4) -> None: ...
 
     bad.add_typer(sub, name="sub")
     return bad
@@ -130,10 +142,11 @@ def _bad_app() -> typer.Typer:
 
 def test_the_checker_finds_each_kind_of_break() -> None:
     assert sorted(problems(_bad_app())) == [
-        "--count: defaults differ: chexstack sub three=4, chexstack sub two=3",
+        "--batch: defaults differ: chexstack sub three=4, chexstack sub two=3",
         "--size: defaults differ: chexstack one=1, chexstack sub two='1'",
         "--size: types differ: <class 'int'>, <class 'str'>",
         "chexstack one --hand-made: envvar 'CHEXSTACK_OTHER', expected 'CHEXSTACK_HAND_MADE'",
+        "chexstack one --patient-id: an input of one call, but it reads 'CHEXSTACK_PATIENT_ID'",
         "chexstack one --plain: envvar None, expected 'CHEXSTACK_PLAIN'",
         "chexstack one --x-port: alias --size is another setting's flag",
     ]
@@ -166,12 +179,15 @@ def test_a_flag_reads_its_variable_and_the_short_alias_still_works(tmp_path: Pat
     assert (by_name.exit_code, by_name.output) == (1, "kafka not running on 127.0.0.1:5\n")
 
 
-def test_a_variable_of_a_flag_that_had_none_before(tmp_path: Path) -> None:
-    out = tmp_path / "schemas"
-    result = runner.invoke(app, ["schemas", "export"], env={"CHEXSTACK_OUT": str(out)})
+def test_an_input_of_one_call_reads_no_variable(tmp_path: Path) -> None:
+    out = tmp_path / "xrays"
+    env = {"CHEXSTACK_COUNT": "5", "CHEXSTACK_OUT": str(tmp_path / "elsewhere")}
+    result = runner.invoke(app, ["data", "synth", "--out", str(out), "--count", "1", "--size", "64"], env=env)
     assert result.exit_code == 0, result.output
-    written = [Path(line) for line in result.output.splitlines()]
-    assert written and all(p.parent == out and p.is_file() for p in written)
+    assert len(list((out / "images").glob("*.png"))) == 1
+    assert not (tmp_path / "elsewhere").exists()
+    missing = runner.invoke(app, ["data", "synth", "--count", "1"], env=env)
+    assert missing.exit_code == 2 and "--out" in missing.output
 
 
 @pytest.mark.parametrize("args", [["model", "export", "--help"], ["model", "--help"]])
