@@ -226,7 +226,7 @@ class BatchWorker:
             log.info("%s: consuming %s", self.name, self.in_topic)
             try:
                 while not self.stop_event.is_set():
-                    self._beat()
+                    self.beat()
                     msgs = self._poll_batch()
                     if msgs:
                         self._process(msgs)
@@ -246,7 +246,7 @@ class BatchWorker:
             self.watchdog.stop()
         return self.stats
 
-    def _beat(self, touch_every_s: float = 5.0) -> None:
+    def beat(self, touch_every_s: float = 5.0) -> None:
         """Progress: feeds the watchdog, and touches the health file every few seconds."""
         self.watchdog.beat()
         if self.health_file is None or time.monotonic() - self._last_touch < touch_every_s:
@@ -295,7 +295,7 @@ class BatchWorker:
             while time.monotonic() < deadline:
                 if self.stop_event.is_set():
                     return False
-                self._beat()
+                self.beat()
                 # poll() serves heartbeats and rebalance callbacks; paused partitions deliver nothing.
                 msg = self.consumer.poll(0.2)
                 if msg is not None and msg.error() is None:
@@ -370,7 +370,7 @@ class BatchWorker:
                         f"timeout (last error: {err})"
                     ) from exc
                 log.warning("%s: %s: %s; trying again", self.name, call, err)
-            self._beat()
+            self.beat()
             # A call that failed at once (no connection yet) is not tried again in a busy loop.
             time.sleep(max(0.0, RETRY_PAUSE_S - (time.monotonic() - started)))
 
@@ -397,6 +397,6 @@ class BatchWorker:
                         f"(last error: {abort_err})"
                     ) from abort_exc
                 log.warning("%s: abort_transaction: %s; trying again", self.name, abort_err)
-            self._beat()
+            self.beat()
             time.sleep(RETRY_PAUSE_S)
         self._rewind(msgs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,9 @@ class Router:
     topics: Topics
     follower: ControlFollower | None = None
     static_weights: dict[str, int] | None = None
+    # Called after each serving call of a batch (one per A/B variant): the worker's beat, so that its
+    # stall timeout bounds one serving call, not the sum over the variants.
+    progress: Callable[[], None] = lambda: None
 
     def weights(self) -> dict[str, int]:
         if self.follower is not None:
@@ -58,6 +61,7 @@ class Router:
                     self.model_name, pixels, label=None if variant == LATEST else variant
                 )
             except ServingError as exc:
+                self.progress()
                 if exc.retryable:
                     raise Retry(f"serving unavailable for {self.model_name}/{variant}: {exc}") from exc
                 for msg, _ in items:
@@ -65,6 +69,7 @@ class Router:
                     outputs.append(dead_letter(msg, self.topics.dlq, WORKER, reason, "ServingError"))
                 continue
             serving_ms = (time.perf_counter() - t0) * 1000
+            self.progress()
             done_ms = now_ms()
             for (_, pre), p in zip(items, probs, strict=True):
                 pred = Prediction(
@@ -96,7 +101,7 @@ def make_worker(
     stall_timeout_s: float,
     health_file: Path | None,
 ) -> BatchWorker:
-    return BatchWorker(
+    worker = BatchWorker(
         name=WORKER,
         bootstrap=bootstrap,
         group=group,
@@ -108,3 +113,5 @@ def make_worker(
         health_file=health_file,
         dlq_topic=router.topics.dlq,
     )
+    router.progress = worker.beat
+    return worker
