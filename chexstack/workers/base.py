@@ -19,7 +19,9 @@ TXN_CALL_TIMEOUT_S (the loop beats between tries), then:
 Nothing is aborted unless the error says so: aborting a transaction whose commit is still under way
 desynchronises the producer. A loop that makes no progress for `stall_timeout_s` whatever the cause
 (a call that never returns) is ended by a watchdog thread with exit status STALLED_EXIT_CODE, since
-compose does not restart a container that is merely unhealthy. Ending the process loses and duplicates
+compose does not restart a container that is merely unhealthy. A consumer still outside its group
+REJOIN_TIMEOUT_S after losing it is re-created in place (librdkafka can leave one looking for its
+coordinator after a broker restart). Ending the process loses and duplicates
 nothing: the broker aborts its open transaction (or has committed it, with its offsets), and whoever
 gets the partitions next starts from the last committed offsets.
 """
@@ -61,6 +63,12 @@ SOCKET_TIMEOUT_MS = 10_000
 # librdkafka's re-bootstrap then decommissions them, and a transactional offset commit queued on the
 # old handle was seen to wait forever (send_offsets_to_transaction blocked while the broker was back).
 CLIENT_CONFIG = {"reconnect.backoff.max.ms": 1_000, "metadata.recovery.strategy": "none"}
+# A member whose partitions were revoked or lost is back in a generation of its group (an assign
+# callback, maybe with no partitions) within a second, or a session timeout after the broker returns.
+# One still outside after this long re-creates its consumer: after a broker restart librdkafka was seen
+# (about one run in ten) to leave a consumer looking for its coordinator for good, and the group then
+# ran without it.
+REJOIN_TIMEOUT_S = 30.0
 # Between tries of a call that failed at once (no broker connection yet).
 RETRY_PAUSE_S = 0.5
 # Exit status when the watchdog ends a stalled worker (EX_TEMPFAIL: start me again).
@@ -193,6 +201,9 @@ class BatchWorker:
         self.health_file = health_file
         self._last_touch = 0.0
         self.watchdog = Watchdog(name, stall_timeout_s)
+        self._bootstrap, self._group = bootstrap, group
+        # When the consumer left (or has not yet joined) a generation of its group; None while in one.
+        self._outside_since: float | None = None
         self.consumer: Consumer = make_consumer(bootstrap, group, **CLIENT_CONFIG)
         # A fresh transactional.id per process is safe with KIP-447: fencing uses the group metadata.
         self.producer = Producer(
@@ -208,11 +219,36 @@ class BatchWorker:
         )
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._outside_since = None
         log.info("%s: assigned %s", self.name, [p.partition for p in partitions])
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._revoked = True
+        self._outside_since = time.monotonic()
         log.info("%s: revoked %s", self.name, [p.partition for p in partitions])
+
+    def _subscribe(self) -> None:
+        self._outside_since = time.monotonic()
+        self.consumer.subscribe([self.in_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def _rejoin_if_outside(self) -> None:
+        """Re-create the consumer when it has been outside its group for REJOIN_TIMEOUT_S (no batch is
+        in flight here: its offsets are committed, so the new member starts where the old one ended)."""
+        since = self._outside_since
+        if since is None or time.monotonic() - since < REJOIN_TIMEOUT_S:
+            return
+        log.warning(
+            "%s: outside consumer group %s for %.0f s: re-creating the consumer",
+            self.name,
+            self._group,
+            time.monotonic() - since,
+        )
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("%s: closing the old consumer: %s", self.name, exc)
+        self.consumer = make_consumer(self._bootstrap, self._group, **CLIENT_CONFIG)
+        self._subscribe()
 
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -222,11 +258,12 @@ class BatchWorker:
         self.watchdog.start()
         try:
             self.producer.init_transactions(30)
-            self.consumer.subscribe([self.in_topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+            self._subscribe()
             log.info("%s: consuming %s", self.name, self.in_topic)
             try:
                 while not self.stop_event.is_set():
                     self.beat()
+                    self._rejoin_if_outside()
                     msgs = self._poll_batch()
                     if msgs:
                         self._process(msgs)
