@@ -57,6 +57,9 @@ def test_scenarios_share_one_base_config() -> None:
 
 
 @pytest.mark.parametrize("role", ROLES)
+# The images scenario builds every image on a clean engine: longer than the tier's 600 s
+# default; above the subprocess timeout below, so that one reports first.
+@pytest.mark.timeout(1900)
 def test_molecule_default_scenario(role: str) -> None:
     env = dict(os.environ, NO_COLOR="1", PY_COLORS="0", ANSIBLE_FORCE_COLOR="0")
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
