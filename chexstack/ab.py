@@ -7,6 +7,8 @@ import logging
 import threading
 import time
 
+from confluent_kafka import Message
+
 from chexstack.bus import ReadError, TopicMissing, TopicReader, make_producer, produce_sync
 from chexstack.messages import AbConfig, BadMessage, decode
 
@@ -94,6 +96,17 @@ class ControlFollower:
         msg = self._reader.poll(timeout)
         if msg is None:
             return
+        try:
+            self._apply(msg)
+        except Exception as exc:  # chexstack.control is compacted: a record that broke us would stay
+            log.warning(
+                "control topic: ignoring the record at offset %s: unexpected %s: %s",
+                msg.offset(),
+                type(exc).__name__,
+                exc,
+            )
+
+    def _apply(self, msg: Message) -> None:
         if (msg.key() or b"").decode(errors="replace") != AbConfig.key_for(self.model_name):
             return
         if msg.value() is None:  # tombstone: back to the default
@@ -102,8 +115,15 @@ class ControlFollower:
             return
         try:
             cfg = decode(AbConfig, msg.value())
+            if cfg.model_name != self.model_name:
+                raise BadMessage(f"model_name {cfg.model_name!r} under the key of {self.model_name!r}")
         except BadMessage as exc:
-            log.warning("control topic: ignoring a bad A/B config at offset %s: %s", msg.offset(), exc)
+            log.warning(
+                "control topic: ignoring a bad A/B config at offset %s, keeping %s: %s",
+                msg.offset(),
+                self.weights or LATEST,
+                exc,
+            )
             return
         with self._lock:
             changed = self.config is None or self.config.weights != cfg.weights

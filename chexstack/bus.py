@@ -65,7 +65,7 @@ def make_consumer(bootstrap: str, group: str, **extra: Any) -> Consumer:
 
 
 def produce_sync(
-    producer: Producer, topic: str, key: str | bytes | None, value: bytes, timeout_s: float = 30.0
+    producer: Producer, topic: str, key: str | bytes | None, value: bytes | None, timeout_s: float = 30.0
 ) -> Message:
     """Produce one message and wait for the broker's acknowledgement; raise PublishError otherwise."""
     result: dict[str, Any] = {}

@@ -135,7 +135,10 @@ class DeadLetter(_Message):
     error_type: str
     worker: str
     failed_at_ms: int
-    payload_b64: str = Field(description="The original message value (already de-identified).")
+    payload_b64: str = Field(
+        description="The original message value (already de-identified), at most its first 128 KiB."
+    )
+    payload_bytes: int | None = Field(None, ge=0, description="Size of the original value.")
 
 
 class AbConfig(_Message):
@@ -177,13 +180,31 @@ class BadMessage(ValueError):
     """A message value that is not valid JSON for the expected schema; the reason names what is wrong."""
 
 
+# The largest value any consumer parses: four times an xray.preprocessed message (its 224x224 pixels are
+# about 67 KB of base64), the largest the platform writes. Checked before parsing, so a huge value costs
+# no parse time or memory, and a dead letter carrying it stays under the broker's 1 MiB message limit.
+MAX_VALUE_BYTES: Final = 256 * 1024
+
+
 def decode(model: type[M], value: bytes | None) -> M:
+    """Parse and validate one message value; every way it can be wrong raises BadMessage with why.
+
+    Beyond bad UTF-8 and bad JSON, json.loads raises ValueError for an integer of more than 4,300
+    digits and RecursionError for deep nesting: left uncaught, either ends the worker before it commits,
+    and the restarted worker reads the same message again, forever.
+    """
     if value is None:
         raise BadMessage("empty message value (tombstone)")
+    if len(value) > MAX_VALUE_BYTES:
+        raise BadMessage(f"message value of {len(value)} bytes is over the {MAX_VALUE_BYTES} byte limit")
     try:
         obj: Any = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadMessage(f"not UTF-8 JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise BadMessage("JSON nested too deeply to parse") from exc
+    except ValueError as exc:  # e.g. an integer over sys.get_int_max_str_digits() digits
+        raise BadMessage(f"JSON value out of range: {exc}") from exc
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -192,6 +213,8 @@ def decode(model: type[M], value: bytes | None) -> M:
         raise BadMessage(
             f"invalid {model.__name__} ({exc.error_count()} errors): {where}: {first['msg']}"
         ) from exc
+    except RecursionError as exc:
+        raise BadMessage(f"invalid {model.__name__}: nested too deeply to validate") from exc
 
 
 def export_json_schemas(out_dir: Path) -> list[Path]:

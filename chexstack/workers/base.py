@@ -43,7 +43,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from chexstack.bus import make_consumer, producer_config
-from chexstack.messages import DeadLetter, now_ms
+from chexstack.messages import MAX_VALUE_BYTES, DeadLetter, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -96,18 +96,31 @@ class WorkerStats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+# A dead letter keeps at most this much of the original value: every message the platform writes fits
+# (an xray.preprocessed is about 67 KB), and the letter (base64 is 4/3 of it, plus its fields) stays under
+# MAX_VALUE_BYTES, so that readers of the DLQ can decode it, and under the broker's 1 MiB limit.
+MAX_PAYLOAD_BYTES = MAX_VALUE_BYTES // 2
+# A key is an image id (32 hex digits); a longer one is cut so that the dead letter stays small.
+MAX_KEY_CHARS = 256
+MAX_REASON_CHARS = 2_000
+
+
 def dead_letter(msg: Message, dlq_topic: str, worker: str, reason: str, error_type: str) -> Output:
+    """The dead letter for `msg`. Its payload is cut to MAX_PAYLOAD_BYTES: a whole oversized value would
+    make the dead letter itself too large for the broker, and the batch could never commit."""
     key = msg.key()
+    value = msg.value() or b""
     letter = DeadLetter(
         source_topic=msg.topic() or "",
         source_partition=msg.partition() or 0,
         source_offset=msg.offset() or 0,
-        key=key.decode(errors="replace") if key else None,
-        reason=reason,
+        key=key.decode(errors="replace")[:MAX_KEY_CHARS] if key else None,
+        reason=reason[:MAX_REASON_CHARS],
         error_type=error_type,
         worker=worker,
         failed_at_ms=now_ms(),
-        payload_b64=base64.b64encode(msg.value() or b"").decode(),
+        payload_b64=base64.b64encode(value[:MAX_PAYLOAD_BYTES]).decode(),
+        payload_bytes=len(value),
     )
     return Output(dlq_topic, letter.key, letter.to_bytes())
 

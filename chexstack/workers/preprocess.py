@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from confluent_kafka import Message
+from pydantic import ValidationError
 
 from chexstack.blobstore import BlobStore
 from chexstack.imageio import InvalidImage
@@ -32,8 +33,21 @@ def handle_uploaded(
             start = time.perf_counter()
             pixels = preprocess_bytes(store.get(up.blob_uri), limits)
             elapsed_ms = (time.perf_counter() - start) * 1000
+            out = Preprocessed(
+                image_id=up.image_id,
+                sha256=up.sha256,
+                patient=up.patient,
+                pixels_b64=Preprocessed.encode_pixels(pixels),
+                uploaded_at_ms=up.uploaded_at_ms,
+                preprocessed_at_ms=now_ms(),
+                preprocess_ms=round(elapsed_ms, 3),
+            )
         except (BadMessage, InvalidImage) as exc:
             outputs.append(dead_letter(msg, topics.dlq, WORKER, str(exc), type(exc).__name__))
+            continue
+        except ValidationError as exc:  # decode() wraps its own: this is the output failing its schema
+            reason = f"cannot build {topics.preprocessed}: {exc.errors()[0]['msg']}"
+            outputs.append(dead_letter(msg, topics.dlq, WORKER, reason, type(exc).__name__))
             continue
         except (OSError, LookupError, ValueError) as exc:  # missing or corrupt blob
             outputs.append(
@@ -45,15 +59,6 @@ def handle_uploaded(
             reason = f"unexpected error: {exc}"
             outputs.append(dead_letter(msg, topics.dlq, WORKER, reason, type(exc).__name__))
             continue
-        out = Preprocessed(
-            image_id=up.image_id,
-            sha256=up.sha256,
-            patient=up.patient,
-            pixels_b64=Preprocessed.encode_pixels(pixels),
-            uploaded_at_ms=up.uploaded_at_ms,
-            preprocessed_at_ms=now_ms(),
-            preprocess_ms=round(elapsed_ms, 3),
-        )
         outputs.append(Output(topics.preprocessed, up.image_id, out.to_bytes()))
     return outputs
 

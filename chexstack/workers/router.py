@@ -39,46 +39,69 @@ class Router:
         return dict(self.static_weights or {})
 
     def handle(self, msgs: Sequence[Message]) -> list[Output]:
+        """Predictions for a batch; each message that cannot be predicted becomes a dead letter naming why.
+
+        Only a retryable serving error (Retry) leaves the batch unanswered; nothing else escapes, so a
+        message can never end the worker and be read again by its successor.
+        """
         outputs: list[Output] = []
-        groups: dict[str, list[tuple[Message, Preprocessed]]] = {}
+        groups: dict[str, list[tuple[Message, Preprocessed, np.ndarray]]] = {}
         weights = self.weights()
         for msg in msgs:
             try:
                 pre = decode(Preprocessed, msg.value())
+                pixels = pre.pixels()
+                variant = (
+                    choose_variant(weights, pre.patient or pre.image_id, self.model_name)
+                    if weights
+                    else LATEST
+                )
             except BadMessage as exc:
                 outputs.append(dead_letter(msg, self.topics.dlq, WORKER, str(exc), type(exc).__name__))
                 continue
-            variant = (
-                choose_variant(weights, pre.patient or pre.image_id, self.model_name) if weights else LATEST
-            )
-            groups.setdefault(variant, []).append((msg, pre))
-        for variant, items in sorted(groups.items()):
-            pixels = np.stack([pre.pixels() for _, pre in items])
-            started_ms = now_ms()
-            t0 = time.perf_counter()
-            try:
-                probs, version = self.serving.predict(
-                    self.model_name, pixels, label=None if variant == LATEST else variant
-                )
-            except ServingError as exc:
-                self.progress()
-                if exc.retryable:
-                    raise Retry(f"serving unavailable for {self.model_name}/{variant}: {exc}") from exc
-                for msg, _ in items:
-                    reason = f"serving refused {self.model_name}/{variant}: {exc}"
-                    outputs.append(dead_letter(msg, self.topics.dlq, WORKER, reason, "ServingError"))
+            except Exception as exc:
+                log.exception("unexpected error on %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
+                reason = f"unexpected error: {exc}"
+                outputs.append(dead_letter(msg, self.topics.dlq, WORKER, reason, type(exc).__name__))
                 continue
-            serving_ms = (time.perf_counter() - t0) * 1000
+            groups.setdefault(variant, []).append((msg, pre, pixels))
+        for variant, items in sorted(groups.items()):
+            outputs.extend(self._predict(variant, items))
+        return outputs
+
+    def _predict(self, variant: str, items: list[tuple[Message, Preprocessed, np.ndarray]]) -> list[Output]:
+        started_ms = now_ms()
+        t0 = time.perf_counter()
+        try:
+            probs, version = self.serving.predict(
+                self.model_name,
+                np.stack([pixels for _, _, pixels in items]),
+                label=None if variant == LATEST else variant,
+            )
+        except ServingError as exc:
             self.progress()
-            done_ms = now_ms()
-            for (_, pre), p in zip(items, probs, strict=True):
+            if exc.retryable:
+                raise Retry(f"serving unavailable for {self.model_name}/{variant}: {exc}") from exc
+            reason = f"serving refused {self.model_name}/{variant}: {exc}"
+            return [dead_letter(m, self.topics.dlq, WORKER, reason, "ServingError") for m, _, _ in items]
+        except Exception as exc:
+            self.progress()
+            log.exception("unexpected error calling serving for %s/%s", self.model_name, variant)
+            reason = f"unexpected error calling serving for {self.model_name}/{variant}: {exc}"
+            return [dead_letter(m, self.topics.dlq, WORKER, reason, type(exc).__name__) for m, _, _ in items]
+        serving_ms = (time.perf_counter() - t0) * 1000
+        self.progress()
+        done_ms = now_ms()
+        outputs: list[Output] = []
+        for i, (msg, pre, _) in enumerate(items):
+            try:
                 pred = Prediction(
                     image_id=pre.image_id,
                     patient=pre.patient,
                     model_name=self.model_name,
                     model_version=version,
                     variant=variant,
-                    probabilities=tuple(round(float(x), 6) for x in np.clip(p, 0.0, 1.0)),
+                    probabilities=tuple(round(float(x), 6) for x in np.clip(probs[i], 0.0, 1.0)),
                     latency=Latency(
                         preprocess_ms=pre.preprocess_ms,
                         queue_ms=max(0.0, started_ms - pre.preprocessed_at_ms),
@@ -87,7 +110,11 @@ class Router:
                     ),
                     predicted_at_ms=done_ms,
                 )
-                outputs.append(Output(self.topics.predictions, pre.image_id, pred.to_bytes()))
+            except Exception as exc:  # e.g. serving answered fewer rows or the wrong number of classes
+                reason = f"serving answer for {self.model_name}/{variant} unusable: {exc}"
+                outputs.append(dead_letter(msg, self.topics.dlq, WORKER, reason, type(exc).__name__))
+                continue
+            outputs.append(Output(self.topics.predictions, pre.image_id, pred.to_bytes()))
         return outputs
 
 

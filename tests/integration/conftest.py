@@ -1,4 +1,5 @@
-"""Integration fixtures for the model and `chexstack serve`: export once, start servers on free ports."""
+"""Integration fixtures: the model (exported once), `chexstack serve` on free ports, the workers' settings
+and an uploader for this test's topics."""
 
 from __future__ import annotations
 
@@ -13,6 +14,11 @@ from typing import Any
 import pytest
 import requests
 
+from chexstack.blobstore import open_store
+from chexstack.deid import load_or_create_key
+from chexstack.ingest import Uploader
+from chexstack.settings import Limits
+from chexstack.topics import Topics
 from tests.conftest import free_port
 
 MODEL_NAME = "chexnet"
@@ -153,3 +159,24 @@ def sample_pixels(n: int, seed: int = 0) -> Any:
         for i in range(n)
     ]
     return np.stack(images).astype(np.uint8)[..., np.newaxis]
+
+
+@pytest.fixture
+def pipeline_env(kafka: str, topics: dict[str, str], store_dir: Path) -> dict[str, str]:
+    return {
+        "CHEXSTACK_KAFKA": kafka,
+        "CHEXSTACK_STORE": str(store_dir),
+        "CHEXSTACK_TOPIC_PREFIX": topics["prefix"],
+    }
+
+
+@pytest.fixture
+def uploader(kafka: str, topics: dict[str, str], store_dir: Path) -> Uploader:
+    store = open_store(str(store_dir))
+    return Uploader(
+        bootstrap=kafka,
+        store=store,
+        key=load_or_create_key(store, None),
+        limits=Limits(max_bytes=64 * 1024 * 1024, max_pixels=60_000_000),
+        topics=Topics(topics["prefix"]),
+    )

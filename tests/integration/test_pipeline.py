@@ -24,7 +24,6 @@ from chexstack.deid import load_or_create_key, pseudonym
 from chexstack.ingest import Uploader
 from chexstack.messages import DeadLetter, Prediction, Uploaded, decode
 from chexstack.predictions import read_predictions
-from chexstack.settings import Limits
 from chexstack.synth import make_dicom, make_jpeg, make_png, render_radiograph
 from chexstack.topics import Topics
 from tests.integration.conftest import ServeFactory
@@ -96,27 +95,6 @@ def wait_predictions(kafka: str, t: Topics, ids: list[str], timeout_s: float = 3
     missing = set(ids) - {p.image_id for p in preds}
     assert not missing, f"{len(missing)} of {len(ids)} images got no prediction"
     return preds
-
-
-@pytest.fixture
-def pipeline_env(kafka: str, topics: dict[str, str], store_dir: Path) -> dict[str, str]:
-    return {
-        "CHEXSTACK_KAFKA": kafka,
-        "CHEXSTACK_STORE": str(store_dir),
-        "CHEXSTACK_TOPIC_PREFIX": topics["prefix"],
-    }
-
-
-@pytest.fixture
-def uploader(kafka: str, topics: dict[str, str], store_dir: Path) -> Uploader:
-    store = open_store(str(store_dir))
-    return Uploader(
-        bootstrap=kafka,
-        store=store,
-        key=load_or_create_key(store, None),
-        limits=Limits(max_bytes=64 * 1024 * 1024, max_pixels=60_000_000),
-        topics=Topics(topics["prefix"]),
-    )
 
 
 def test_two_preprocess_two_routers_exactly_one_prediction_each(
