@@ -30,7 +30,8 @@ from chexstack.hub.service import Conflict, Service, ServiceError
 
 log = logging.getLogger(__name__)
 
-MAX_BODY: Final = 1 << 20
+# Hub requests are small JSON objects (a job spec, a label, A/B weights).
+MAX_BODY: Final = 64 * 1024
 _NAME: Final = r"(?P<name>[A-Za-z0-9._-]+)"
 _ID: Final = r"(?P<id>[0-9a-f]{4,32})"
 

@@ -18,7 +18,8 @@ from chexstack.serve.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 
 log = logging.getLogger(__name__)
 
-MAX_BODY_BYTES = 512 * 1024 * 1024
+# A predict body of 64 MiB holds about 150 images as JSON numbers; larger ones are refused unread.
+MAX_BODY_BYTES = 64 * 1024 * 1024
 _ROUTE = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"
     r"(?:/versions/(?P<version>-?\d+)|/labels/(?P<label>[^/:]+))?"

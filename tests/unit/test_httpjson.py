@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,3 +137,60 @@ def test_a_one_request_per_connection_handler_closes_after_every_reply() -> None
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         status, headers, doc = request(conn, "GET", "/a")
         assert (status, doc, headers["connection"]) == (200, {"path": "/a"}, "close")
+
+
+def test_a_body_shorter_than_its_content_length_is_a_400_not_a_request(server: JsonServer) -> None:
+    # The client sends 5 of the 20 bytes it announced and ends its side: the handler must not run on them.
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nhello")
+        sock.shutdown(socket.SHUT_WR)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer
+    assert b"request body of 5 bytes is shorter than its Content-Length 20" in answer
+    assert b"Connection: close" in answer
+
+
+class QuickTimeoutHandler(EchoHandler):
+    timeout = 0.5
+
+
+class TwoConnectionServer(JsonServer):
+    max_connections = 2
+
+
+def test_a_silent_connection_is_dropped_and_a_stalled_body_is_a_408() -> None:
+    for server in serve(QuickTimeoutHandler):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle:
+            # Nothing sent: the server closes the connection (recv returns b"") instead of waiting on.
+            assert idle.recv(65536) == b""
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+            sock.sendall(b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nhello")
+            answer = b"".join(iter(lambda: sock.recv(65536), b""))
+        assert answer.split(b"\r\n", 1)[0].endswith(b" 408 Request Timeout"), answer
+        assert b"request body not received within 0.5 s" in answer
+
+
+def test_connections_over_the_limit_get_a_503_and_the_slots_come_back() -> None:
+    server = TwoConnectionServer(("127.0.0.1", 0), EchoHandler)
+    server.serve_in_thread("test-httpjson-limit")
+    try:
+        held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+        # Both held connections are served first (accepted in order), so this third one finds no slot.
+        answer = raw_exchange(server.port, b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.split(b"\r\n", 1)[0] == b"HTTP/1.1 503 Service Unavailable", answer
+        assert b'{"error": "server busy: 2 connections open"}' in answer
+        for sock in held:
+            sock.close()
+        # A closed connection ends its thread, which gives its slot back.
+        for _ in range(100):
+            conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+            try:
+                status, _, doc = request(conn, "GET", "/b")
+            finally:
+                conn.close()
+            if status != 503:
+                break
+            time.sleep(0.1)
+        assert (status, doc) == (200, {"path": "/b"})
+    finally:
+        server.stop()
