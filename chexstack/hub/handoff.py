@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -131,16 +132,38 @@ def wait_label(serving: str, model_name: str, label: str, version: int, deadline
 
 
 def apply_label(
-    config_file: Path, model_name: str, label: str, version: int, serving: str, deadline: float
+    config_file: Path,
+    model_name: str,
+    label: str,
+    version: int,
+    serving: str,
+    deadline: float,
+    *,
+    check: Callable[[int | None], None] | None = None,
+    on_write: Callable[[int | None], None] | None = None,
 ) -> tuple[int | None, bool]:
-    """Rewrite the label, ask serving to reload, wait for it; (previous version, applied by serving)."""
+    """Rewrite the label, ask serving to reload, wait for it; (previous version, applied by serving).
+
+    Under the models.config lock: `check(current)` sees the label's version as the file has it right
+    before the change and may raise to leave everything as it is; `on_write(previous)` runs right after
+    the write (the hub records the label history there, so the next move of the label reads it).
+    """
+    previous: list[int | None] = []
+
+    def then(config: Any) -> None:
+        if on_write is not None:
+            on_write(previous[0])
+        reload(config)
+
     reload = _Reload(serving, deadline)
-    with modelsconfig.edit(config_file, then=reload) as config:
-        previous = modelsconfig.set_label(config, model_name, label, version)
+    with modelsconfig.edit(config_file, then=then) as config:
+        if check is not None:
+            check(modelsconfig.labels(config, model_name).get(label))
+        previous.append(modelsconfig.set_label(config, model_name, label, version))
     why = reload.why
     if why is not None:
         log.info("serving did not reload models.config over gRPC (%s); waiting for its file poll", why)
-    return previous, wait_label(serving, model_name, label, version, deadline)
+    return previous[0], wait_label(serving, model_name, label, version, deadline)
 
 
 def handoff(
@@ -172,12 +195,15 @@ def handoff(
     log.info("serving has version %d of %s AVAILABLE", version, model_name)
     if label is None:
         return
+
+    def record(previous: int | None) -> None:  # under the lock, as the hub's own label moves
+        if hub is not None and previous != version:
+            hub.record_label(model_name, label, version, previous, action="handoff", job_id=job_id)
+
     try:
-        previous, applied = apply_label(config_file, model_name, label, version, serving, deadline)
+        _, applied = apply_label(config_file, model_name, label, version, serving, deadline, on_write=record)
     except modelsconfig.ModelsConfigError as exc:
         raise HandoffError(str(exc)) from exc
-    if hub is not None and previous != version:
-        hub.record_label(model_name, label, version, previous, action="handoff", job_id=job_id)
     if not applied:
         raise HandoffError(
             f"{config_file} now labels version {version} of {model_name!r} {label!r}, but serving at "

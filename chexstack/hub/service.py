@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -259,29 +260,51 @@ class Service:
         """Return `label` to the version it had before the current one (per the label history)."""
         _check_label(label)
         config_file = _config_file(self.settings)
+        current = self._label_now(config_file, name, label)
+        target = self._rollback_target(name, label, current)
+
+        def unchanged(now: int | None) -> None:
+            # Under the models.config lock: a rollback or promotion that got there first moved the label
+            # (and recorded it), so this one would undo the wrong change.
+            if now != current or self._rollback_target(name, label, now) != target:
+                raise Conflict(
+                    f"{label!r} of {name!r} moved from {current} to {now} while rolling back "
+                    "(another rollback or promotion): nothing changed, try again"
+                )
+
+        return self._move_label("rollback", name, target, label, wait_s, check=unchanged)
+
+    def _label_now(self, config_file: Path, name: str, label: str) -> int | None:
         try:
-            current = modelsconfig.labels(modelsconfig.read(config_file), name).get(label)
+            return modelsconfig.labels(modelsconfig.read(config_file), name).get(label)
         except modelsconfig.ModelsConfigError as exc:
             raise NotFound(str(exc)) from exc
+
+    def _rollback_target(self, name: str, label: str, current: int | None) -> int:
         target = self.hub.previous_label_version(name, label, current)
         if target is None:
             raise Conflict(
                 f"no previous {label!r} version of {name!r} to roll back to "
                 f"(now {current if current is not None else 'unset'}; the hub knows only its own promotions)"
             )
-        return self._move_label("rollback", name, target, label, wait_s)
+        return target
 
-    def _move_label(self, action: str, name: str, version: int, label: str, wait_s: float) -> Job:
+    def _move_label(
+        self,
+        action: str,
+        name: str,
+        version: int,
+        label: str,
+        wait_s: float,
+        check: Callable[[int | None], None] | None = None,
+    ) -> Job:
         from chexstack.serving_client import ServingError
 
         _check_label(label)
         if version < 1:
             raise ServiceError(f"bad version {version}: versions are positive integers")
         config_file = _config_file(self.settings)
-        try:
-            current = modelsconfig.labels(modelsconfig.read(config_file), name).get(label)
-        except modelsconfig.ModelsConfigError as exc:
-            raise NotFound(str(exc)) from exc
+        current = self._label_now(config_file, name, label)
         try:
             state = self._states(name).get(version)
         except ServingError as exc:
@@ -295,17 +318,27 @@ class Service:
         project, variation = self._where(name, version)
         spec = self._serve_spec(action, name, label=label, version=version, previous_version=current)
         job_id = self.hub.start_job("serve", project, variation, name, spec)
+
+        def record(previous: int | None) -> None:
+            if previous != version:
+                self.hub.record_label(name, label, version, previous, action=action, job_id=job_id)
+
         try:
             previous, applied = apply_label(
-                config_file, name, label, version, self.settings.serving, time.monotonic() + wait_s
+                config_file,
+                name,
+                label,
+                version,
+                self.settings.serving,
+                time.monotonic() + wait_s,
+                check=check,
+                on_write=record,
             )
         except Exception as exc:
             self.hub.finish_job(job_id, "failed", {}, model_version=version, error=str(exc))
             if isinstance(exc, modelsconfig.ModelsConfigError):
                 raise ServiceError(str(exc)) from exc
             raise
-        if previous != version:
-            self.hub.record_label(name, label, version, previous, action=action, job_id=job_id)
         results = {"label": label, "version": version, "previous_version": previous, "applied": applied}
         self.hub.finish_job(job_id, "succeeded", results, model_version=version)
         if not applied:

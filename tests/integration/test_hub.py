@@ -6,11 +6,13 @@ predictions and the hub database must all agree afterwards, also across restarts
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -206,6 +208,53 @@ def test_promote_rollback_handoff_cli_and_api_in_real_serving(
         api.stop()
     with Hub.open(hub.path) as reopened:
         assert [c.version for c in reopened.label_history(MODEL_NAME, "stable")] == [2, 1, 3, 1]
+
+
+def test_two_overlapping_rollbacks_undo_one_promotion_not_the_same_one_twice(
+    tmp_path: Path, model_base: Path, serve_factory: ServeFactory, hub: Hub
+) -> None:
+    base = private_base(tmp_path, model_base, (1, 2, 3))
+    server = serve_factory(POLL, config=models_config(base, labels={"stable": 1}, versions=(1, 2, 3)))
+    config_file = tmp_path / "serve0" / "models.config"
+    svc = Service(hub, Settings(hub.path, model_config_file=config_file, serving=server.grpc_target))
+    svc.promote(MODEL_NAME, 2, "stable", wait_s=WAIT_S)
+    svc.promote(MODEL_NAME, 3, "stable", wait_s=WAIT_S)
+
+    outcomes: list[object] = []
+
+    def rollback() -> None:
+        try:
+            outcomes.append(svc.rollback(MODEL_NAME, wait_s=WAIT_S).results["version"])
+        except Conflict as exc:
+            outcomes.append(str(exc))
+
+    # Hold the models.config lock until both rollbacks have read the label (3) and started their job:
+    # each then waits for the lock, and the one that gets it second must see the label moved.
+    with (config_file.parent / (config_file.name + ".lock")).open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        threads = [threading.Thread(target=rollback) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        while len(hub.list_jobs(kind="serve", status="running")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(hub.list_jobs(kind="serve", status="running")) == 2
+    for thread in threads:
+        thread.join(120)
+
+    assert len(outcomes) == 2 and 2 in outcomes, outcomes
+    (refused,) = (o for o in outcomes if o != 2)
+    assert refused == (
+        "'stable' of 'chexnet' moved from 3 to 2 while rolling back (another rollback or promotion): "
+        "nothing changed, try again"
+    )
+    assert modelsconfig.labels(modelsconfig.read(config_file), MODEL_NAME)["stable"] == 2
+    assert served_version(server, "stable") == 2
+    assert [(c.action, c.version) for c in hub.label_history(MODEL_NAME, "stable")] == [
+        ("promote", 2), ("promote", 3), ("rollback", 2)
+    ]  # fmt: skip
+    # The history is right, so the next rollback undoes the first promotion.
+    assert svc.rollback(MODEL_NAME, wait_s=WAIT_S).results["version"] == 1
 
 
 def publish_images(kafka: str, t: Topics, n: int, seed: int) -> list[str]:
