@@ -6,6 +6,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from confluent_kafka import Message
 
@@ -68,8 +69,18 @@ def read_weights(
 class ControlFollower:
     """Follows the control topic in a background thread; `weights` is always the newest config."""
 
-    def __init__(self, bootstrap: str, control_topic: str, model_name: str, default: dict[str, int]) -> None:
+    def __init__(
+        self,
+        bootstrap: str,
+        control_topic: str,
+        model_name: str,
+        default: dict[str, int],
+        check: Callable[[AbConfig], str | None] | None = None,
+    ) -> None:
+        """`check(config)` says why a config must not be followed (None: follow it); the router's refuses
+        weights naming a label serving does not know, which would send every image to the DLQ."""
         self.model_name = model_name
+        self._check = check
         self.topic = control_topic
         self._default = dict(default)
         self.config: AbConfig | None = None
@@ -123,6 +134,16 @@ class ControlFollower:
                 msg.offset(),
                 self.weights or LATEST,
                 exc,
+            )
+            return
+        why = self._check(cfg) if self._check is not None else None
+        if why is not None:
+            log.warning(
+                "control topic: refusing the A/B weights %s at offset %s, keeping %s: %s",
+                cfg.weights,
+                msg.offset(),
+                self.weights or LATEST,
+                why,
             )
             return
         with self._lock:

@@ -10,6 +10,7 @@ from typing import Any, Final
 import grpc
 import numpy as np
 from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
     get_model_status_pb2,
     model_service_pb2_grpc,
     predict_pb2,
@@ -166,6 +167,21 @@ class ServingClient:
             raise ServingError.from_rpc(exc, f"GetModelStatus {model_name}") from exc
         states = get_model_status_pb2.ModelVersionStatus.State
         return {int(s.version): states.Name(s.state) for s in response.model_version_status}
+
+    def label_version(self, model_name: str, label: str) -> int | None:
+        """The version serving resolves `label` to now; None when serving does not know the label."""
+        request = get_model_metadata_pb2.GetModelMetadataRequest()
+        request.model_spec.name = model_name
+        request.model_spec.version_label = label
+        request.metadata_field.append("signature_def")
+        try:
+            response = self._predict.GetModelMetadata(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            # TF Serving answers an unknown label with INVALID_ARGUMENT, `chexstack serve` with NOT_FOUND.
+            if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                return None
+            raise ServingError.from_rpc(exc, f"GetModelMetadata {model_name} label {label!r}") from exc
+        return int(response.model_spec.version.value)
 
     def close(self) -> None:
         self._channel.close()

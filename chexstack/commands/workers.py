@@ -111,16 +111,18 @@ def route(
     from chexstack.ab import ControlFollower, parse_weights
     from chexstack.serving_client import ServingClient
     from chexstack.topics import Topics
-    from chexstack.workers.router import Router, make_worker
+    from chexstack.workers.router import Router, make_worker, serving_knows_labels
 
     try:
         default = parse_weights(weights)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--ab-weights") from exc
     topics = Topics(topic_prefix)
-    follower = ControlFollower(kafka, topics.control, model_name, default=default)
-    follower.start()
     client = ServingClient(serving, timeout_s=serving_timeout_s)
+    follower = ControlFollower(
+        kafka, topics.control, model_name, default=default, check=serving_knows_labels(client, model_name)
+    )
+    follower.start()
     router = Router(serving=client, model_name=model_name, topics=topics, follower=follower)
     worker = make_worker(
         bootstrap=kafka,

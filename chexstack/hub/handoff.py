@@ -47,24 +47,10 @@ def version_states(serving: str, model_name: str, *, timeout_s: float) -> dict[i
 
 def label_version(serving: str, model_name: str, label: str, *, timeout_s: float) -> int | None:
     """The version serving resolves `label` to right now; None if it does not know the label."""
-    import grpc
-    from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
+    from chexstack.serving_client import ServingClient
 
-    request = get_model_metadata_pb2.GetModelMetadataRequest()
-    request.model_spec.name = model_name
-    request.model_spec.version_label = label
-    request.metadata_field.append("signature_def")
-    channel = _channel(serving)
-    try:
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = stub.GetModelMetadata(request, timeout=timeout_s)
-    except grpc.RpcError as exc:
-        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
-            return None
-        raise
-    finally:
-        channel.close()
-    return int(response.model_spec.version.value)
+    with ServingClient(serving, timeout_s=timeout_s) as client:
+        return client.label_version(model_name, label)
 
 
 def reload_config(serving: str, config: Any, timeout_s: float) -> str | None:

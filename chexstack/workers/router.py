@@ -13,7 +13,7 @@ import numpy as np
 from confluent_kafka import Message
 
 from chexstack.ab import LATEST, ControlFollower, choose_variant
-from chexstack.messages import BadMessage, Latency, Prediction, Preprocessed, decode, now_ms
+from chexstack.messages import AbConfig, BadMessage, Latency, Prediction, Preprocessed, decode, now_ms
 from chexstack.serving_client import ServingClient, ServingError
 from chexstack.topics import Topics
 from chexstack.workers.base import BatchWorker, Output, Retry, dead_letter
@@ -116,6 +116,28 @@ class Router:
                 continue
             outputs.append(Output(self.topics.predictions, pre.image_id, pred.to_bytes()))
         return outputs
+
+
+def serving_knows_labels(client: ServingClient, model_name: str) -> Callable[[AbConfig], str | None]:
+    """The router's check of new A/B weights: every variant that gets traffic must be a version label
+    serving resolves (else each of its images is a NOT_FOUND dead letter). When serving cannot answer
+    now, the weights are followed: its outage is retried image by image anyway."""
+
+    def check(cfg: AbConfig) -> str | None:
+        for variant, weight in sorted(cfg.weights.items()):
+            if weight <= 0:
+                continue
+            try:
+                if client.label_version(model_name, variant) is None:
+                    return f"serving at {client.target} knows no label {variant!r} for {model_name!r}"
+            except ServingError as exc:
+                log.warning(
+                    "cannot check A/B label %r with serving (%s): following the weights", variant, exc
+                )
+                return None
+        return None
+
+    return check
 
 
 def make_worker(

@@ -3,7 +3,8 @@
 Before, a 4,301-digit number (ValueError) or deep nesting (RecursionError) escaped the handlers: the
 worker ended before committing and its successor read the same message again, forever. A bad record on
 the compacted control topic ended every later router start. Now each becomes a dead letter naming why
-(or, on the control topic, a log line), the workers stay up, and later messages flow.
+(or, on the control topic, a log line), the workers stay up, and later messages flow. Valid weights
+naming a label serving does not know are refused the same way: they would dead-letter every image.
 """
 
 from __future__ import annotations
@@ -125,6 +126,15 @@ def test_poison_on_the_control_topic_is_ignored_and_the_last_good_weights_stay(
         wait_log(router, "A/B weights for chexnet: {'stable': 100, 'canary': 0}")
         assert router.text().count("control topic: ignoring") == 2 * len(poison)
         ids = upload(uploader, make_uploads(2, seed=13))
+        preds = wait_predictions(kafka, t, ids, timeout_s=180)
+        assert {(p.variant, p.model_version) for p in preds} == {("stable", 1)}
+
+        # Valid weights naming a label serving does not know: every image would be a NOT_FOUND dead
+        # letter. The router refuses them and keeps routing by the last good ones.
+        publish_weights(kafka, t.control, "chexnet", {"stable": 0, "beta": 100})
+        wait_log(router, "control topic: refusing the A/B weights {'stable': 0, 'beta': 100}")
+        assert "knows no label 'beta' for 'chexnet'" in router.text()
+        ids = upload(uploader, make_uploads(2, seed=14))
         preds = wait_predictions(kafka, t, ids, timeout_s=180)
         assert {(p.variant, p.model_version) for p in preds} == {("stable", 1)}
         assert router.proc.poll() is None
