@@ -21,7 +21,7 @@ from chexstack.ingest import Uploader
 from chexstack.messages import AbConfig, DeadLetter, decode
 from chexstack.topics import Topics
 from chexstack.workers.base import MAX_PAYLOAD_BYTES
-from tests.integration.conftest import ServeFactory
+from tests.integration.conftest import ServeFactory, models_config
 from tests.integration.test_pipeline import make_uploads, read_topic, upload, wait_predictions
 from tests.integration.workers import Proc, running_workers
 from tests.poison import POISON
@@ -87,15 +87,7 @@ def test_poison_on_the_control_topic_is_ignored_and_the_last_good_weights_stay(
     tmp_path: Path,
 ) -> None:
     t = Topics(topics["prefix"])
-    config = tmp_path / "models.config"
-    config.write_text(
-        "model_config_list {\n  config {\n    name: 'chexnet'\n"
-        f"    base_path: '{model_base}'\n    model_platform: 'tensorflow'\n"
-        "    model_version_policy { specific { versions: 1 versions: 2 } }\n"
-        "    version_labels { key: 'stable' value: 1 }\n    version_labels { key: 'canary' value: 2 }\n"
-        "  }\n}\n"
-    )
-    server = serve_factory(config=config.read_text())
+    server = serve_factory(config=models_config(model_base, labels={"stable": 1, "canary": 2}))
     env = {**pipeline_env, "CHEXSTACK_SERVING": server.grpc_target}
     key = AbConfig.key_for("chexnet")
     producer = make_producer(kafka)
