@@ -79,6 +79,8 @@ class _Handler(JsonHandler):
             raise not_found(f"Malformed request: {self.command} {path}")
         version = match["version"]
         label = match["label"]
+        if version and len(version.lstrip("-")) > 19:  # past int64 (and int() refuses 4300 digits)
+            raise not_found(f"Malformed request: a version of {len(version)} digits is out of range")
         return (
             unquote(match["name"]),
             int(version) if version else None,

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +147,53 @@ def test_predict_errors(server: ServeProcess, path: str, body: Any, status: int)
     res = post(server, path, body)
     assert res.status_code == status, res.text
     assert set(res.json()) == {"error"} and res.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # Numbers no uint8 holds: 1e400 would have been inf, 2**64 an object array, NaN a float.
+        (b'{"inputs": {"image": [1e400]}}', "input image: value 1e400 is out of range for uint8"),
+        (b'{"instances": [[18446744073709551616]]}',
+         "input image: value 18446744073709551616 is out of range for uint8"),
+        (b'{"instances": [[[[1]], [[NaN]]]]}', "input image: expects uint8 values, got NaN"),
+        # json.loads' ValueError and RecursionError, answered with Python's wording before.
+        (b'{"instances": [' + b"9" * 5000 + b"]}", "JSON Parse error: an integer has more than 4300 digits"),
+        (b"[" * 100_000, "JSON Parse error: arrays or objects are nested too deeply"),
+    ],
+)  # fmt: skip
+def test_predict_errors_name_the_input_and_the_problem(server: ServeProcess, body: Any, message: str) -> None:
+    res = post(server, "/v1/models/chexnet:predict", body)
+    assert res.status_code == 400 and set(res.json()) == {"error"}, res.text
+    assert res.json()["error"].startswith(message), res.text
+
+
+def raw_reply(srv: ServeProcess, data: bytes) -> tuple[int, dict[str, str], Any]:
+    """Send bytes as they are; the one reply: status, headers (lower-case names), JSON body."""
+    with socket.create_connection(("127.0.0.1", srv.rest_port), timeout=30) as sock:
+        sock.sendall(data)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    assert headers["content-type"] == "application/json" and headers["content-length"] == str(len(body))
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def test_http_level_errors_are_json(server: ServeProcess) -> None:
+    # An unknown method was an HTML 501, a long URL an HTML 414, a 5000-digit version a 500 from int().
+    status, headers, doc = raw_reply(server, b"DELETE /v1/models/chexnet HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, headers["allow"], doc) == (
+        405,
+        "GET, POST",
+        {"error": "method DELETE is not allowed; use GET, POST"},
+    )
+    status, _, doc = raw_reply(server, b"GET /v1/models/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 414 and "longer than 65536 bytes" in doc["error"]
+    res = requests.get(f"{server.rest_url}/v1/models/chexnet/versions/{'9' * 5000}", timeout=10)
+    assert res.status_code == 404 and res.json() == {
+        "error": "Malformed request: a version of 5000 digits is out of range"
+    }
 
 
 def _copy_version(base: Path, src: int, dst: int) -> None:
