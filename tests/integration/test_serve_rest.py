@@ -149,6 +149,11 @@ def test_predict_errors(server: ServeProcess, path: str, body: Any, status: int)
     assert set(res.json()) == {"error"} and res.json()["error"]
 
 
+NOT_AN_IMAGE = {"signature_name": "predict_image", "instances": [{"b64": "bm9wZQ=="}]}  # b"nope"
+# Then what TF says, e.g. "Unknown image file format. One of JPEG, PNG, GIF, BMP required."
+NOT_AN_IMAGE_ERROR = "input image_bytes is not a decodable image: Unknown image file format."
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -160,12 +165,31 @@ def test_predict_errors(server: ServeProcess, path: str, body: Any, status: int)
         # json.loads' ValueError and RecursionError, answered with Python's wording before.
         (b'{"instances": [' + b"9" * 5000 + b"]}", "JSON Parse error: an integer has more than 4300 digits"),
         (b"[" * 100_000, "JSON Parse error: arrays or objects are nested too deeply"),
+        # TF's InvalidArgumentError, answered "Graph execution error:" before.
+        (NOT_AN_IMAGE, NOT_AN_IMAGE_ERROR),
     ],
 )  # fmt: skip
 def test_predict_errors_name_the_input_and_the_problem(server: ServeProcess, body: Any, message: str) -> None:
     res = post(server, "/v1/models/chexnet:predict", body)
     assert res.status_code == 400 and set(res.json()) == {"error"}, res.text
     assert res.json()["error"].startswith(message), res.text
+    assert "\n" not in res.json()["error"] and "Graph execution" not in res.text and "[Op:" not in res.text
+
+
+def test_a_non_image_is_reported_alike_over_rest_and_grpc(server: ServeProcess) -> None:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "chexnet"
+    request.model_spec.signature_name = "predict_image"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([b"nope"]))
+    with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as info:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(NOT_AN_IMAGE_ERROR), info.value.details()
+    assert post(server, "/v1/models/chexnet:predict", NOT_AN_IMAGE).json() == {"error": info.value.details()}
 
 
 def raw_reply(srv: ServeProcess, data: bytes) -> tuple[int, dict[str, str], Any]:

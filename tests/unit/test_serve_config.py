@@ -170,6 +170,25 @@ def test_rest_json_bodies_that_do_not_parse_are_invalid_argument(body: bytes, me
     assert info.value.message.startswith(message)
 
 
+def test_tf_messages_lose_their_boilerplate() -> None:
+    from chexstack.serve.inference import tf_message
+
+    eager = (
+        "Graph execution error:\n\nDetected at node map/while/decode_image/DecodeImage defined at (most "
+        "recent call last):\n<stack traces unavailable>\nUnknown image file format. One of JPEG, PNG, GIF, "
+        "BMP required.\n\t [[{{node map/while/decode_image/DecodeImage}}]] [Op:__inference_wrapper_235]"
+    )
+    assert tf_message(eager) == "Unknown image file format. One of JPEG, PNG, GIF, BMP required."
+    traced = (
+        "Graph execution error:\n\nDetected at node 'DecodePng' defined at (most recent call last):\n"
+        '    File "/usr/lib/python3.11/threading.py", line 995, in _bootstrap\n'
+        "      self._bootstrap_inner()\n"
+        "Node: 'DecodePng'\nInvalid PNG data, size 4\n\t [[{{node DecodePng}}]] [Op:__inference_f_12]"
+    )
+    assert tf_message(traced) == "Invalid PNG data, size 4"
+    assert tf_message("Graph execution error:\n\n") == "the model could not run on this input"
+
+
 def test_rest_json_formats() -> None:
     from chexstack.serve.rest_json import format_outputs, parse_predict_body
 
