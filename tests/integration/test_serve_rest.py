@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -154,6 +155,14 @@ NOT_AN_IMAGE = {"signature_name": "predict_image", "instances": [{"b64": "bm9wZQ
 NOT_AN_IMAGE_ERROR = "input image_bytes is not a decodable image: Unknown image file format."
 
 
+def png_b64(pixels: np.ndarray) -> dict[str, str]:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels[..., 0]).save(buf, format="PNG")
+    return {"b64": base64.b64encode(buf.getvalue()).decode()}
+
+
 @pytest.mark.parametrize(
     ("body", "message"),
     [
@@ -218,6 +227,40 @@ def test_http_level_errors_are_json(server: ServeProcess) -> None:
     assert res.status_code == 404 and res.json() == {
         "error": "Malformed request: a version of 5000 digits is out of range"
     }
+
+
+def test_a_non_image_in_a_batch_fails_only_its_own_request(
+    serve_factory: Any, model_base: Path, tmp_path: Path
+) -> None:
+    # A batch closes at 2 rows (or after 60 s): the two requests below run as one model call, which
+    # the non-image fails. Before, both requests got its error; now the batch runs again request by request.
+    params = tmp_path / "batching.config"
+    params.write_text(
+        "max_batch_size { value: 2 }\nbatch_timeout_micros { value: 60000000 }\n"
+        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 10 }\n"
+    )
+    srv = serve_factory(
+        ["--enable-batching", "--batching-parameters-file", str(params)], model_base=model_base
+    )
+    bodies = {
+        "good": {"signature_name": "predict_image", "instances": [png_b64(sample_pixels(1)[0])]},
+        "bad": NOT_AN_IMAGE,
+    }
+    replies: dict[str, requests.Response] = {}
+    start = threading.Barrier(len(bodies))
+
+    def one(key: str) -> None:
+        start.wait()
+        replies[key] = post(srv, "/v1/models/chexnet:predict", bodies[key])
+
+    threads = [threading.Thread(target=one, args=(key,)) for key in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert replies["good"].status_code == 200, replies["good"].text
+    assert np.asarray(replies["good"].json()["predictions"]).shape == (1, 14)
+    assert replies["bad"].status_code == 400 and replies["bad"].json()["error"].startswith(NOT_AN_IMAGE_ERROR)
 
 
 def _copy_version(base: Path, src: int, dst: int) -> None:
