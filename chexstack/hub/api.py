@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 # Hub requests are small JSON objects (a job spec, a label, A/B weights).
 MAX_BODY: Final = 64 * 1024
-_NAME: Final = r"(?P<name>[A-Za-z0-9._-]+)"
+_NAME_CHARS: Final = r"[A-Za-z0-9._-]+"
+_NAME: Final = rf"(?P<name>{_NAME_CHARS})"
 _ID: Final = r"(?P<id>[0-9a-f]{4,32})"
 MAX_INT: Final = 2**63 - 1
 
@@ -77,6 +78,12 @@ def _routes(
         found = service.list_jobs(kind=r.query_value("kind"), limit=50 if limit is None else limit)
         return 200, {"jobs": [j.to_dict() for j in found]}
 
+    def models(r: _Request) -> tuple[int, dict[str, Any]]:
+        name = r.query_value("name")
+        if name is not None and not re.fullmatch(_NAME_CHARS, name):  # a NUL made os calls fail: a 500
+            raise BadRequest(f"name must be a model name ({_NAME_CHARS}), got {name[:40]!r}")
+        return 200, {"models": service.list_models(name)}
+
     def rerun(r: _Request) -> tuple[int, dict[str, Any]]:
         if not reruns:
             # A training needs the data, the volumes and the GPU of the trainer, not of this API process.
@@ -116,7 +123,7 @@ def _routes(
         ("GET", "/v1/jobs", jobs),
         ("GET", f"/v1/jobs/{_ID}", lambda r: (200, {"job": service.show_job(r.param("id")).to_dict()})),
         ("POST", f"/v1/jobs/{_ID}/rerun", rerun),
-        ("GET", "/v1/models", lambda r: (200, {"models": service.list_models(r.query_value("name"))})),
+        ("GET", "/v1/models", models),
         ("POST", f"/v1/models/{_NAME}/promote", promote),
         ("POST", f"/v1/models/{_NAME}/rollback", rollback),
         ("GET", f"/v1/models/{_NAME}/ab",

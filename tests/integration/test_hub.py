@@ -341,8 +341,8 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
 
 
 def test_api_errors_are_json_a_client_can_act_on(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
-    # Each of these was a 500 naming Python internals (OverflowError from SQLite, int() on "²", json.loads'
-    # digit limit and recursion), an HTML 501, or a 405 without Allow.
+    # Each of these was a 500 naming Python internals (OverflowError from SQLite, int() on "²", a NUL in a
+    # path, json.loads' digit limit and recursion), an HTML 501, or a 405 without Allow.
     from chexstack.hub.api import serve_in_thread
 
     caplog.set_level(logging.INFO, logger="chexstack.hub.api")
@@ -355,6 +355,8 @@ def test_api_errors_are_json_a_client_can_act_on(hub: Hub, caplog: pytest.LogCap
              400, "limit is out of range: at most 9223372036854775807"),
             (requests.get(f"{server.url}/v1/jobs?limit=%C2%B2", timeout=10),
              400, "limit must be a positive integer, got '\u00b2'"),
+            (requests.get(f"{server.url}/v1/models?name=a%00b", timeout=10),
+             400, "name must be a model name ([A-Za-z0-9._-]+), got 'a\\x00b'"),
             (requests.post(promote, json={"version": 10**30, "label": "stable"}, timeout=10),
              400, "version is out of range: at most 9223372036854775807"),
             (requests.post(promote, data=b'{"version": ' + b"9" * 5000 + b', "label": "stable"}', timeout=10),
