@@ -11,7 +11,12 @@ What both need and is easy to get wrong by hand:
   reply when the handler keeps one request per connection (`keep_alive = False`) or when the request
   body was not read, so unread body bytes are never taken for the next request;
 - an error is `{"error": "..."}` with its status: `HttpError` as raised, the handler's own
-  exceptions through `error_reply`, anything else a logged 500;
+  exceptions through `error_reply`, anything else a logged 500 that names only the exception's type
+  (its text, which may hold paths, goes to the log); a body that cannot be parsed (not JSON, nested
+  too deeply, an integer of more digits than Python converts) is a 400 saying so;
+- the errors the stdlib answers itself (request line or headers too long or malformed, an HTTP
+  version it does not speak) are JSON too, and a method no `do_*` implements is a 405 with `Allow`;
+- access and error logs show the path without its query string (tokens or patient data may be in it);
 - the server: a thread per connection up to `max_connections`; one more is answered 503 and closed
   at once (daemon threads, the address reusable at once after a restart).
 """
@@ -20,7 +25,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -29,14 +36,38 @@ from typing import Any, ClassVar
 
 log = logging.getLogger(__name__)
 
+# A query string in a log line: from its "?" to the next white space.
+_QUERY = re.compile(r"\?\S*")
+
 
 class HttpError(Exception):
-    """Answered as `{"error": message}` with `status`."""
+    """Answered as `{"error": message}` with `status` (and `headers`, e.g. Allow for a 405)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = int(status)
         self.message = message
+        self.headers = dict(headers or {})
+
+
+class BadJson(ValueError):
+    """Bytes that are not a usable JSON document; the message says why, for the client."""
+
+
+def parse_json(raw: bytes, **hooks: Any) -> Any:
+    """`json.loads(raw, **hooks)`; every way a client's bytes can fail to parse is a BadJson.
+
+    Beyond malformed JSON and text that is not UTF-8, json.loads raises RecursionError for deep
+    nesting (e.g. 100,000 "[") and ValueError for an integer of more digits than Python converts.
+    """
+    try:
+        return json.loads(raw, **hooks)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadJson(str(exc)) from exc
+    except RecursionError as exc:
+        raise BadJson("arrays or objects are nested too deeply") from exc
+    except ValueError as exc:  # the int-max-str-digits limit
+        raise BadJson(f"an integer has more than {sys.get_int_max_str_digits()} digits") from exc
 
 
 class JsonHandler(BaseHTTPRequestHandler):
@@ -54,7 +85,69 @@ class JsonHandler(BaseHTTPRequestHandler):
     _body_read = False
 
     def log_message(self, format: str, *args: Any) -> None:
-        self.access_log.log(self.access_level, "%s %s", self.address_string(), format % args)
+        # Every access and error line ends here; a query string that got this far is cut all the same.
+        text = _QUERY.sub("", format % args)
+        self.access_log.log(self.access_level, "%s %s", self.address_string(), text)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """The access line: method, path without its query string, version, status, size."""
+        self.log_message(
+            '"%s" %s %s', self._request_summary(), int(code) if isinstance(code, int) else code, size
+        )
+
+    def _request_summary(self) -> str:
+        if self.command:  # the request line parsed
+            return f"{self.command} {self.path_only} {self.request_version}".strip()
+        # Not parsed (what it holds is unknown): up to its first "?", or a placeholder when empty.
+        line, query, _ = self.requestline.partition("?")
+        return (line + (" (query not logged)" if query else "")) or "-"
+
+    @property
+    def path_only(self) -> str:
+        """The request path without its query string: what the handler's own log lines show."""
+        return self.path.partition("?")[0]
+
+    def allowed_methods(self) -> list[str]:
+        """The methods this handler implements (its do_* methods)."""
+        return sorted(n[3:] for n in dir(self) if n.startswith("do_") and callable(getattr(self, n)))
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The replies the stdlib makes itself (a malformed or too long request line or header, an
+        HTTP version it does not speak, an unknown method) as `{"error": ...}` with Content-Length;
+        a method no do_* implements is a 405 with Allow instead of a 501.
+
+        The connection is closed after it: the request (and any body) was not read to its end.
+        """
+        headers = {}
+        if code == HTTPStatus.NOT_IMPLEMENTED and self.command and not hasattr(self, "do_" + self.command):
+            headers["Allow"] = ", ".join(self.allowed_methods())
+            code, explain = HTTPStatus.METHOD_NOT_ALLOWED, None
+            message = f"method {self.command} is not allowed; use {headers['Allow']}"
+        try:
+            phrase = HTTPStatus(code).phrase
+        except ValueError:
+            phrase = "Error"
+        text = message or phrase
+        if code == HTTPStatus.REQUEST_URI_TOO_LONG:
+            text = "request line longer than 65536 bytes (the URL is too long)"
+        elif explain:
+            text = f"{text}: {explain}"
+        # A request line that did not parse may be echoed in the message: the log gets the phrase.
+        self.log_error("code %d, %s", code, text if self.command else phrase)
+        self.close_connection = True
+        if self.request_version == "HTTP/0.9":
+            # The request line did not parse as HTTP/1.x: answer with a status line and headers anyway.
+            self.request_version = "HTTP/1.0"
+        body = json.dumps({"error": text}).encode()
+        self.send_response(code, phrase)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
 
     def dispatch(self, handler: Callable[[], None]) -> None:
         """Run `handler`, which replies; an exception it raises is answered by `error_reply`."""
@@ -63,14 +156,22 @@ class JsonHandler(BaseHTTPRequestHandler):
             handler()
         except Exception as exc:
             status, message = self.error_reply(exc)
-            self.reply_json(status, {"error": message})
+            headers = exc.headers if isinstance(exc, HttpError) else None
+            self.reply_json(status, {"error": message}, headers)
 
     def error_reply(self, exc: Exception) -> tuple[int, str]:
         """The status and message for an exception a handler raised (override for the API's own)."""
         if isinstance(exc, HttpError):
             return exc.status, exc.message
-        log.exception("%s %s failed", self.command, self.path)
-        return HTTPStatus.INTERNAL_SERVER_ERROR, f"{type(exc).__name__}: {exc}"
+        return self.internal_error(exc)
+
+    def internal_error(self, exc: BaseException) -> tuple[int, str]:
+        """A 500 for a failure of the server's own: the log gets the traceback, the client the type."""
+        log.exception("%s %s failed", self.command, self.path_only, exc_info=exc)
+        return (
+            HTTPStatus.INTERNAL_SERVER_ERROR,
+            f"internal error ({type(exc).__name__}); the server's log has the details",
+        )
 
     def read_body(self, *, required: bool = False) -> bytes:
         """The request body. Without Content-Length it is empty, or a 400 when `required`."""
@@ -80,9 +181,11 @@ class JsonHandler(BaseHTTPRequestHandler):
                 raise HttpError(HTTPStatus.BAD_REQUEST, "Content-Length is required")
             self._body_read = True
             return b""
-        if not text.strip().isdigit():
-            raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {text!r}")
-        length = int(text)
+        digits = text.strip()
+        if not (digits.isascii() and digits.isdigit()):
+            raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {text[:40]!r}")
+        # More digits than any body limit has is too large (and int() refuses over 4300 digits).
+        length = int(digits) if len(digits) <= 18 else self.max_body_bytes + 1
         if length > self.max_body_bytes:
             raise HttpError(
                 self.body_too_large_status, f"request body larger than {self.max_body_bytes} bytes"
@@ -109,8 +212,8 @@ class JsonHandler(BaseHTTPRequestHandler):
         if not raw.strip():
             return {}
         try:
-            body = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            body = parse_json(raw)
+        except BadJson as exc:
             raise HttpError(HTTPStatus.BAD_REQUEST, f"request body is not JSON: {exc}") from exc
         if not isinstance(body, dict):
             raise HttpError(HTTPStatus.BAD_REQUEST, "request body must be a JSON object")
@@ -124,18 +227,26 @@ class JsonHandler(BaseHTTPRequestHandler):
         length = (self.headers.get("Content-Length") or "0").strip()
         return length != "0"
 
-    def reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
+    def reply(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         if not self.keep_alive or self.close_connection or self._body_pending():
             self.send_header("Connection", "close")
             self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
 
-    def reply_json(self, status: int, doc: Any) -> None:
-        self.reply(status, json.dumps(doc).encode())
+    def reply_json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
+        self.reply(status, json.dumps(doc).encode(), headers=headers)
 
 
 class JsonServer(ThreadingHTTPServer):

@@ -10,8 +10,9 @@ POST /v1/models/{name}/promote         {"version": 2, "label": "stable"} -> {"jo
 POST /v1/models/{name}/rollback        {"label": "stable"} (optional) -> {"job": {...}}
 GET  /v1/models/{name}/ab              {"model_name": ..., "weights": {...}}
 PUT  /v1/models/{name}/ab              {"weights": {"stable": 90, "canary": 10}} -> {"job": {...}}
-Errors: {"error": "..."} with 400 (bad request), 401 (token), 404, 409 (state refuses), 503 (serving or
-Kafka unreachable), 500. With a token set every request but /healthz needs `Authorization: Bearer <token>`.
+Errors: {"error": "..."} with 400 (bad request), 401 (token), 404, 405 (with Allow), 409 (state refuses),
+503 (serving or Kafka unreachable), 500. With a token set every request but /healthz needs
+`Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
@@ -32,8 +33,10 @@ log = logging.getLogger(__name__)
 
 # Hub requests are small JSON objects (a job spec, a label, A/B weights).
 MAX_BODY: Final = 64 * 1024
-_NAME: Final = r"(?P<name>[A-Za-z0-9._-]+)"
+_NAME_CHARS: Final = r"[A-Za-z0-9._-]+"
+_NAME: Final = rf"(?P<name>{_NAME_CHARS})"
 _ID: Final = r"(?P<id>[0-9a-f]{4,32})"
+MAX_INT: Final = 2**63 - 1
 
 
 class BadRequest(ServiceError):
@@ -57,9 +60,14 @@ class _Request:
     def int_field(self, key: str, value: object, *, required: bool = True) -> int | None:
         if value is None and not required:
             return None
-        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
-            raise BadRequest(f"{key} must be a positive integer, got {value!r}")
-        return int(value)
+        text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+        # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+        if not (text.isascii() and text.isdigit()):
+            shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+            raise BadRequest(f"{key} must be a positive integer, got {shown}")
+        if len(text) > len(str(MAX_INT)) or int(text) > MAX_INT:  # the database stores 64-bit integers
+            raise BadRequest(f"{key} is out of range: at most {MAX_INT}")
+        return int(text)
 
 
 def _routes(
@@ -69,6 +77,12 @@ def _routes(
         limit = r.int_field("limit", r.query_value("limit"), required=False)
         found = service.list_jobs(kind=r.query_value("kind"), limit=50 if limit is None else limit)
         return 200, {"jobs": [j.to_dict() for j in found]}
+
+    def models(r: _Request) -> tuple[int, dict[str, Any]]:
+        name = r.query_value("name")
+        if name is not None and not re.fullmatch(_NAME_CHARS, name):  # a NUL made os calls fail: a 500
+            raise BadRequest(f"name must be a model name ({_NAME_CHARS}), got {name[:40]!r}")
+        return 200, {"models": service.list_models(name)}
 
     def rerun(r: _Request) -> tuple[int, dict[str, Any]]:
         if not reruns:
@@ -109,7 +123,7 @@ def _routes(
         ("GET", "/v1/jobs", jobs),
         ("GET", f"/v1/jobs/{_ID}", lambda r: (200, {"job": service.show_job(r.param("id")).to_dict()})),
         ("POST", f"/v1/jobs/{_ID}/rerun", rerun),
-        ("GET", "/v1/models", lambda r: (200, {"models": service.list_models(r.query_value("name"))})),
+        ("GET", "/v1/models", models),
         ("POST", f"/v1/models/{_NAME}/promote", promote),
         ("POST", f"/v1/models/{_NAME}/rollback", rollback),
         ("GET", f"/v1/models/{_NAME}/ab",
@@ -175,7 +189,10 @@ class _RequestHandler(JsonHandler):
             self.reply_json(status, body)
             return
         if allowed:
-            raise HttpError(HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed; use {', '.join(allowed)}")
+            allow = ", ".join(sorted(set(allowed)))
+            raise HttpError(
+                HTTPStatus.METHOD_NOT_ALLOWED, f"{method} not allowed; use {allow}", {"Allow": allow}
+            )
         raise HttpError(HTTPStatus.NOT_FOUND, f"no such endpoint: {url.path}")
 
     def do_GET(self) -> None:

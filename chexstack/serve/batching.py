@@ -2,7 +2,8 @@
 
 A queue per (model, version, signature) collects tasks; a batch is closed when it holds
 max_batch_size rows or its oldest task has waited batch_timeout_micros. num_batch_threads
-workers run closed batches and hand each request its slice of the outputs.
+workers run closed batches and hand each request its slice of the outputs. A batch that fails on
+one request's data (INVALID_ARGUMENT) runs again request by request, so the others still get answers.
 """
 
 from __future__ import annotations
@@ -132,7 +133,16 @@ class Batcher:
                 for task in batch:
                     self._run_one(task)
                 return
-            outputs = inference.run(first.servable, first.signature, merged)
+            try:
+                outputs = inference.run(first.servable, first.signature, merged)
+            except ServeError as exc:
+                if len(batch) == 1 or exc.code is not Code.INVALID_ARGUMENT:
+                    raise
+                # One request's data (bytes that are not an image, say) fails the batch it is in: run
+                # each request alone, so only that one gets the error.
+                for task in batch:
+                    self._run_one(task)
+                return
             self._on_batch(first.servable.name, sum(t.rows for t in batch))
             self._split(batch, outputs)
         except BaseException as exc:  # every waiting request must learn about the failure

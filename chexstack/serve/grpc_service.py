@@ -67,12 +67,14 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
                 output_filter=list(request.output_filter),
                 entrypoint="GRPC",
             )
-        except ServeError as exc:
+        except ServeError as exc:  # TF's errors on the request's data too (inference.model_error)
             _abort(context, exc)
             raise  # unreachable: abort raises
-        except Exception as exc:  # TF runtime errors come from the request's data
+        except Exception as exc:  # the server's own failure: the details go to the log, as over REST
+            log.exception("Predict %s failed", name)
             context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, str(exc).strip().splitlines()[0] if str(exc) else repr(exc)
+                grpc.StatusCode.INTERNAL,
+                f"internal error ({type(exc).__name__}); the server's log has the details",
             )
             raise
         response = predict_pb2.PredictResponse()

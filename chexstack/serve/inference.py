@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 
-from chexstack.serve.errors import invalid
+from chexstack.serve.errors import Code, ServeError, invalid
 from chexstack.serve.registry import Servable
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SIGNATURE = "serving_default"
 
@@ -60,8 +64,56 @@ def run(servable: Servable, signature_name: str, inputs: dict[str, np.ndarray]) 
 
     fn = signature(servable, signature_name)
     specs = input_specs(servable, signature_name)
-    tensors = {k: tf.convert_to_tensor(v, dtype=specs[k].dtype) for k, v in inputs.items()}
-    return {k: v.numpy() for k, v in fn(**tensors).items()}
+    try:
+        tensors = {k: tf.convert_to_tensor(v, dtype=specs[k].dtype) for k, v in inputs.items()}
+        return {k: v.numpy() for k, v in fn(**tensors).items()}
+    except tf.errors.OpError as exc:
+        raise model_error(exc, servable, specs) from exc
+
+
+# TF's codes for what the request's data caused (INVALID_ARGUMENT, OUT_OF_RANGE, and RESOURCE_EXHAUSTED:
+# out of memory for a request this large); any other is the server's own failure. Not RESOURCE_EXHAUSTED
+# on to the client: a retryable code for the router, which would send the same batch again and again.
+_CALLER_CODES = {3: Code.INVALID_ARGUMENT, 11: Code.INVALID_ARGUMENT, 8: Code.INVALID_ARGUMENT}
+_NOISE = re.compile(r"Graph execution error:|Detected at node|<stack traces unavailable>|Node:")
+_NODE = re.compile(r"\{\{node ([^}]*)\}\}|Detected at node '?([^\s']+)")
+_TAILS = re.compile(r"\s*(\[\[\{\{node [^}]*\}\}\]\]|\[Op:[^\]]*\])")
+
+
+def tf_message(message: str) -> str:
+    """What TF reported, without its boilerplate: the first line that is neither "Graph execution
+    error:", the node and the Python stack it was defined at (file paths), nor the [[{{node}}]]/[Op:]
+    tails."""
+    for line in message.splitlines():
+        if line.strip() and not line[0].isspace() and not _NOISE.match(line):
+            text = _TAILS.sub("", line).strip()
+            if text:
+                return text
+    return "the model could not run on this input"
+
+
+def model_error(exc: Any, servable: Servable, specs: dict[str, Any]) -> ServeError:
+    """A TF error from running a signature as the ServeError REST and gRPC report alike.
+
+    An error the request's data caused (INVALID_ARGUMENT, e.g. bytes no image decoder takes) names
+    the input: the string input when an image decode op failed, the only input when there is one.
+    """
+    message = str(getattr(exc, "message", "") or exc)
+    code = _CALLER_CODES.get(int(getattr(exc, "error_code", 0) or 0))
+    if code is None:
+        log.error("%s v%d failed in TF: %s", servable.name, servable.version, message)
+        return ServeError(
+            Code.INTERNAL, f"the model failed ({type(exc).__name__}); the server's log has the details"
+        )
+    text = tf_message(message)
+    node = _NODE.search(message)
+    strings = sorted(k for k, spec in specs.items() if spec.dtype.name == "string")
+    if node is not None and "decode" in (node.group(1) or node.group(2)).lower() and strings:
+        which = f"input {strings[0]}" if len(strings) == 1 else f"one of the inputs {', '.join(strings)}"
+        return ServeError(code, f"{which} is not a decodable image: {text}")
+    if len(specs) == 1:
+        return ServeError(code, f"input {next(iter(specs))}: {text}")
+    return ServeError(code, text)
 
 
 def select_outputs(outputs: dict[str, np.ndarray], output_filter: Iterable[str]) -> dict[str, np.ndarray]:

@@ -10,7 +10,7 @@ from urllib.parse import unquote, urlsplit
 from google.protobuf import json_format
 from tensorflow_serving.apis import get_model_metadata_pb2
 
-from chexstack.httpjson import HttpError, JsonHandler, JsonServer
+from chexstack.httpjson import JsonHandler, JsonServer
 from chexstack.serve import rest_json
 from chexstack.serve.core import ModelServer
 from chexstack.serve.errors import Code, ServeError, not_found
@@ -62,15 +62,11 @@ class _Handler(JsonHandler):
     access_log = log
 
     def error_reply(self, exc: Exception) -> tuple[int, str]:
+        # What the request's data did wrong, TF's errors on it included (inference.model_error), is a
+        # ServeError by now; anything else is the server's own failure: a 500, the details in the log.
         if isinstance(exc, ServeError):
             return exc.code.http_status, exc.message
-        if isinstance(exc, HttpError):
-            return exc.status, exc.message
-        if self.command == "POST":  # TF runtime errors (e.g. an undecodable image) are the caller's input
-            log.warning("POST %s failed: %s", self.path, exc)
-            return 400, str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-        log.exception("%s %s failed", self.command, self.path)  # the client gets a 500, the log the details
-        return 500, str(exc)
+        return super().error_reply(exc)
 
     def _route(self) -> tuple[str, int | None, str | None, str]:
         path = urlsplit(self.path).path
@@ -79,6 +75,8 @@ class _Handler(JsonHandler):
             raise not_found(f"Malformed request: {self.command} {path}")
         version = match["version"]
         label = match["label"]
+        if version and len(version.lstrip("-")) > 19:  # past int64 (and int() refuses 4300 digits)
+            raise not_found(f"Malformed request: a version of {len(version)} digits is out of range")
         return (
             unquote(match["name"]),
             int(version) if version else None,

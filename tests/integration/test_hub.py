@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -386,3 +387,44 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_api_errors_are_json_a_client_can_act_on(hub: Hub, caplog: pytest.LogCaptureFixture) -> None:
+    # Each of these was a 500 naming Python internals (OverflowError from SQLite, int() on "²", a NUL in a
+    # path, json.loads' digit limit and recursion), an HTML 501, or a 405 without Allow.
+    from chexstack.hub.api import serve_in_thread
+
+    caplog.set_level(logging.INFO, logger="chexstack.hub.api")
+    server = start_api(Service(hub, Settings(hub.path)), reruns=False)
+    serve_in_thread(server)
+    promote = f"{server.url}/v1/models/{MODEL_NAME}/promote"
+    try:
+        cases = [
+            (requests.get(f"{server.url}/v1/jobs", params={"limit": "9" * 30, "token": "SECRET"}, timeout=10),
+             400, "limit is out of range: at most 9223372036854775807"),
+            (requests.get(f"{server.url}/v1/jobs?limit=%C2%B2", timeout=10),
+             400, "limit must be a positive integer, got '\u00b2'"),
+            (requests.get(f"{server.url}/v1/models?name=a%00b", timeout=10),
+             400, "name must be a model name ([A-Za-z0-9._-]+), got 'a\\x00b'"),
+            (requests.post(promote, json={"version": 10**30, "label": "stable"}, timeout=10),
+             400, "version is out of range: at most 9223372036854775807"),
+            (requests.post(promote, data=b'{"version": ' + b"9" * 5000 + b', "label": "stable"}', timeout=10),
+             400, "request body is not JSON: an integer has more than 4300 digits"),
+            (requests.post(promote, data=b"[" * 60_000, timeout=10),
+             400, "request body is not JSON: arrays or objects are nested too deeply"),
+            (requests.delete(f"{server.url}/v1/jobs", timeout=10),
+             405, "method DELETE is not allowed; use GET, POST, PUT"),
+            (requests.put(f"{server.url}/v1/jobs", timeout=10), 405, "PUT not allowed; use GET"),
+            (requests.post(f"{server.url}/v1/models/{MODEL_NAME}/ab", json={}, timeout=10),
+             405, "POST not allowed; use GET, PUT"),
+        ]  # fmt: skip
+        for res, status, message in cases:
+            assert (res.status_code, res.json()) == (status, {"error": message}), res.text
+            assert res.headers["Content-Type"] == "application/json"
+            if status == 405:
+                assert res.headers["Allow"] == message.rpartition("use ")[2]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "SECRET" not in caplog.text  # the access log drops query strings
+    assert '"GET /v1/jobs HTTP/1.1" 400 -' in caplog.text

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,6 +148,119 @@ def test_predict_errors(server: ServeProcess, path: str, body: Any, status: int)
     res = post(server, path, body)
     assert res.status_code == status, res.text
     assert set(res.json()) == {"error"} and res.json()["error"]
+
+
+NOT_AN_IMAGE = {"signature_name": "predict_image", "instances": [{"b64": "bm9wZQ=="}]}  # b"nope"
+# Then what TF says, e.g. "Unknown image file format. One of JPEG, PNG, GIF, BMP required."
+NOT_AN_IMAGE_ERROR = "input image_bytes is not a decodable image: Unknown image file format."
+
+
+def png_b64(pixels: np.ndarray) -> dict[str, str]:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels[..., 0]).save(buf, format="PNG")
+    return {"b64": base64.b64encode(buf.getvalue()).decode()}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        # Numbers no uint8 holds: 1e400 would have been inf, 2**64 an object array, NaN a float.
+        (b'{"inputs": {"image": [1e400]}}', "input image: value 1e400 is out of range for uint8"),
+        (b'{"instances": [[18446744073709551616]]}',
+         "input image: value 18446744073709551616 is out of range for uint8"),
+        (b'{"instances": [[[[1]], [[NaN]]]]}', "input image: expects uint8 values, got NaN"),
+        # json.loads' ValueError and RecursionError, answered with Python's wording before.
+        (b'{"instances": [' + b"9" * 5000 + b"]}", "JSON Parse error: an integer has more than 4300 digits"),
+        (b"[" * 100_000, "JSON Parse error: arrays or objects are nested too deeply"),
+        # TF's InvalidArgumentError, answered "Graph execution error:" before.
+        (NOT_AN_IMAGE, NOT_AN_IMAGE_ERROR),
+    ],
+)  # fmt: skip
+def test_predict_errors_name_the_input_and_the_problem(server: ServeProcess, body: Any, message: str) -> None:
+    res = post(server, "/v1/models/chexnet:predict", body)
+    assert res.status_code == 400 and set(res.json()) == {"error"}, res.text
+    assert res.json()["error"].startswith(message), res.text
+    assert "\n" not in res.json()["error"] and "Graph execution" not in res.text and "[Op:" not in res.text
+
+
+def test_a_non_image_is_reported_alike_over_rest_and_grpc(server: ServeProcess) -> None:
+    import grpc
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "chexnet"
+    request.model_spec.signature_name = "predict_image"
+    request.inputs["image_bytes"].CopyFrom(tf.make_tensor_proto([b"nope"]))
+    with grpc.insecure_channel(server.grpc_target) as channel, pytest.raises(grpc.RpcError) as info:
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(NOT_AN_IMAGE_ERROR), info.value.details()
+    assert post(server, "/v1/models/chexnet:predict", NOT_AN_IMAGE).json() == {"error": info.value.details()}
+
+
+def raw_reply(srv: ServeProcess, data: bytes) -> tuple[int, dict[str, str], Any]:
+    """Send bytes as they are; the one reply: status, headers (lower-case names), JSON body."""
+    with socket.create_connection(("127.0.0.1", srv.rest_port), timeout=30) as sock:
+        sock.sendall(data)
+        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    assert headers["content-type"] == "application/json" and headers["content-length"] == str(len(body))
+    return int(status_line.split()[1]), headers, json.loads(body)
+
+
+def test_http_level_errors_are_json(server: ServeProcess) -> None:
+    # An unknown method was an HTML 501, a long URL an HTML 414, a 5000-digit version a 500 from int().
+    status, headers, doc = raw_reply(server, b"DELETE /v1/models/chexnet HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (status, headers["allow"], doc) == (
+        405,
+        "GET, POST",
+        {"error": "method DELETE is not allowed; use GET, POST"},
+    )
+    status, _, doc = raw_reply(server, b"GET /v1/models/" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 414 and "longer than 65536 bytes" in doc["error"]
+    res = requests.get(f"{server.rest_url}/v1/models/chexnet/versions/{'9' * 5000}", timeout=10)
+    assert res.status_code == 404 and res.json() == {
+        "error": "Malformed request: a version of 5000 digits is out of range"
+    }
+
+
+def test_a_non_image_in_a_batch_fails_only_its_own_request(
+    serve_factory: Any, model_base: Path, tmp_path: Path
+) -> None:
+    # A batch closes at 2 rows (or after 60 s): the two requests below run as one model call, which
+    # the non-image fails. Before, both requests got its error; now the batch runs again request by request.
+    params = tmp_path / "batching.config"
+    params.write_text(
+        "max_batch_size { value: 2 }\nbatch_timeout_micros { value: 60000000 }\n"
+        "num_batch_threads { value: 1 }\nmax_enqueued_batches { value: 10 }\n"
+    )
+    srv = serve_factory(
+        ["--enable-batching", "--batching-parameters-file", str(params)], model_base=model_base
+    )
+    bodies = {
+        "good": {"signature_name": "predict_image", "instances": [png_b64(sample_pixels(1)[0])]},
+        "bad": NOT_AN_IMAGE,
+    }
+    replies: dict[str, requests.Response] = {}
+    start = threading.Barrier(len(bodies))
+
+    def one(key: str) -> None:
+        start.wait()
+        replies[key] = post(srv, "/v1/models/chexnet:predict", bodies[key])
+
+    threads = [threading.Thread(target=one, args=(key,)) for key in bodies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert replies["good"].status_code == 200, replies["good"].text
+    assert np.asarray(replies["good"].json()["predictions"]).shape == (1, 14)
+    assert replies["bad"].status_code == 400 and replies["bad"].json()["error"].startswith(NOT_AN_IMAGE_ERROR)
 
 
 def _copy_version(base: Path, src: int, dst: int) -> None:

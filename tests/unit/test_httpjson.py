@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -15,7 +16,8 @@ from chexstack.httpjson import HttpError, JsonHandler, JsonServer
 
 
 class EchoHandler(JsonHandler):
-    """POST /echo answers the JSON object it was sent; POST /raw needs a Content-Length; GET /boom fails."""
+    """POST /echo answers the JSON object it was sent; POST /raw needs a Content-Length; GET /boom fails;
+    GET /post-only is a 405 of the handler's own."""
 
     max_body_bytes = 64
 
@@ -26,10 +28,12 @@ class EchoHandler(JsonHandler):
         self.dispatch(self._post)
 
     def _get(self) -> None:
-        if self.path == "/boom":
-            raise RuntimeError("boom")
+        if self.path.partition("?")[0] == "/boom":
+            raise RuntimeError("boom in /srv/chexstack/secret.db")
         if self.path == "/teapot":
             raise HttpError(418, "short and stout")
+        if self.path == "/post-only":
+            raise HttpError(405, "use POST", {"Allow": "POST"})
         self.reply_json(200, {"path": self.path})
 
     def _post(self) -> None:
@@ -41,6 +45,10 @@ class EchoHandler(JsonHandler):
 
 class OneShotHandler(EchoHandler):
     keep_alive = False
+
+
+class BigBodyHandler(EchoHandler):
+    max_body_bytes = 1 << 20
 
 
 def serve(handler: type[JsonHandler]) -> Iterator[JsonServer]:
@@ -92,10 +100,35 @@ def test_a_body_that_is_not_a_json_object_is_a_400(server: JsonServer, body: byt
     assert status == 400 and message in doc["error"]
 
 
+def test_a_body_json_cannot_parse_is_a_400_that_says_why() -> None:
+    # json.loads raises ValueError (not JSONDecodeError) past 4300 digits and RecursionError for deep
+    # nesting: both were 500s naming Python internals.
+    for server in serve(BigBodyHandler):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        status, _, doc = request(conn, "POST", "/echo", b'{"n": ' + b"9" * 5000 + b"}")
+        assert (status, doc) == (
+            400,
+            {"error": "request body is not JSON: an integer has more than 4300 digits"},
+        )
+        status, _, doc = request(conn, "POST", "/echo", b"[" * 100_000)
+        assert (status, doc) == (
+            400,
+            {"error": "request body is not JSON: arrays or objects are nested too deeply"},
+        )
+        # The server is still there and the connection still usable.
+        assert request(conn, "POST", "/echo", b'{"n": 1}')[::2] == (200, {"echo": {"n": 1}})
+
+
 def test_errors_are_json_with_their_status(server: JsonServer) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     assert request(conn, "GET", "/teapot")[::2] == (418, {"error": "short and stout"})
-    assert request(conn, "GET", "/boom")[::2] == (500, {"error": "RuntimeError: boom"})
+    status, headers, doc = request(conn, "GET", "/post-only")
+    assert (status, doc, headers["allow"]) == (405, {"error": "use POST"}, "POST")
+    # A failure of the server's own names the exception's type, never its text (paths, internals).
+    status, _, doc = request(conn, "GET", "/boom")
+    assert status == 500 and doc == {
+        "error": "internal error (RuntimeError); the server's log has the details"
+    }
     conn.putrequest("POST", "/raw")
     conn.endheaders()  # no Content-Length at all
     resp = conn.getresponse()
@@ -117,6 +150,94 @@ def test_a_negative_content_length_is_refused_at_once(server: JsonServer) -> Non
     answer = raw_exchange(server.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
     assert b"bad Content-Length '-5'" in answer and b"Connection: close" in answer
+
+
+def split_reply(answer: bytes) -> tuple[int, dict[str, str], bytes]:
+    """One raw HTTP reply: status, headers (lower-case names), body (checked against Content-Length)."""
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    assert status_line.startswith("HTTP/1."), answer[:200]
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    assert headers["content-length"] == str(len(body)), answer[:500]
+    return int(status_line.split()[1]), headers, body
+
+
+@pytest.mark.parametrize(
+    ("content_length", "status", "message"),
+    [
+        ("\u00b2", 400, "bad Content-Length"),  # "²": str.isdigit() says yes, int() no: was a 500
+        ("9" * 5000, 413, "request body larger than 64 bytes"),  # int() refuses over 4300 digits: was a 500
+    ],
+)
+def test_a_content_length_int_cannot_read_is_refused(
+    server: JsonServer, content_length: str, status: int, message: str
+) -> None:
+    head = f"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: {content_length}\r\n\r\n"
+    got, headers, body = split_reply(raw_exchange(server.port, head.encode("latin-1")))
+    assert got == status and message in json.loads(body)["error"] and headers["connection"] == "close"
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "request line longer than 65536"),
+        (b"GET /a HTTP/1.1 extra\r\nHost: x\r\n\r\n", 400, "Bad request version ('extra')"),
+        (b"GET /a HTTP/x.y\r\nHost: x\r\n\r\n", 400, "Bad request version ('HTTP/x.y')"),
+        (b"POST /a\r\n\r\n", 400, "Bad HTTP/0.9 request type ('POST')"),
+        (b"GET /a HTTP/2.0\r\nHost: x\r\n\r\n", 505, "Invalid HTTP version (2.0)"),
+        (b"GET /a HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n", 431, "Line too long"),
+        (b"GET /a HTTP/1.1\r\n" + b"".join(b"X%d: y\r\n" % i for i in range(120)) + b"\r\n", 431,
+         "Too many headers"),
+    ],
+)  # fmt: skip
+def test_errors_the_stdlib_answers_itself_are_json_too(
+    server: JsonServer, data: bytes, status: int, message: str
+) -> None:
+    # They were HTML pages (and, for a request line that did not parse, had no status line at all).
+    got, headers, body = split_reply(raw_exchange(server.port, data))
+    assert (got, headers["content-type"], headers["connection"]) == (status, "application/json", "close")
+    doc = json.loads(body)
+    assert set(doc) == {"error"} and message in doc["error"], doc
+
+
+def test_an_unknown_method_is_a_405_naming_the_methods_the_handler_has(server: JsonServer) -> None:
+    # The stdlib answered 501 "Unsupported method" in HTML. The body (its bytes a request of their own)
+    # is not read, so the connection is closed instead of serving "GET /smuggled".
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+    head = b"DELETE /a HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+    answer = raw_exchange(server.port, head + smuggled)
+    assert answer.count(b"HTTP/1.1 ") == 1 and b"/smuggled" not in answer
+    status, headers, body = split_reply(answer)
+    assert (status, headers["allow"], headers["connection"]) == (405, "GET, POST", "close")
+    assert json.loads(body) == {"error": "method DELETE is not allowed; use GET, POST"}
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("HEAD", "/a")
+    resp = conn.getresponse()
+    assert (resp.status, resp.getheader("Allow"), resp.read()) == (405, "GET, POST", b"")
+
+
+def test_logs_never_show_a_query_string(server: JsonServer, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="chexstack.httpjson")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    assert request(conn, "GET", "/a?token=SECRET-1&patient=SECRET-2")[0] == 200
+    assert request(conn, "GET", "/boom?token=SECRET-3")[0] == 500
+    conn.close()
+    for data in (
+        b"DELETE /a?token=SECRET-4 HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /a?token=SECRET-5 HTTP/1.1 extra\r\n\r\n",
+        b"GET /a?token=SECRET-6 HTTP/2.0\r\n\r\n",
+        b"GET /a?token=SECRET-7 x\r\n\r\n",
+        b"GET /a?token=SECRET-8 HTTP/1.1\r\nX: " + b"a" * 70_000 + b"\r\n\r\n",
+    ):
+        raw_exchange(server.port, data)
+    assert "SECRET" not in caplog.text
+    lines = [r.getMessage() for r in caplog.records if r.name == "chexstack.httpjson"]
+    assert '127.0.0.1 "GET /a HTTP/1.1" 200 -' in lines
+    assert "GET /boom failed" in lines
+    assert '127.0.0.1 "DELETE /a HTTP/1.1" 405 -' in lines
+    assert (
+        '127.0.0.1 "GET /a (query not logged)" 505 -' in lines
+    )  # a request line that did not parse: cut at its "?"
 
 
 def test_an_unread_body_closes_the_connection_instead_of_becoming_the_next_request(
