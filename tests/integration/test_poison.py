@@ -37,47 +37,7 @@ def wait_log(proc: Proc, needle: str, timeout_s: float = 60) -> None:
     assert needle in proc.text(), f"{proc.name} never logged {needle!r}:\n{proc.text()[-3000:]}"
 
 
-def test_poison_on_every_input_topic_becomes_a_dead_letter_and_later_messages_flow(
-    kafka: str,
-    topics: dict[str, str],
-    pipeline_env: dict[str, str],
-    uploader: Uploader,
-    serve_factory: ServeFactory,
-    model_base: Path,
-    tmp_path: Path,
-) -> None:
-    t = Topics(topics["prefix"])
-    server = serve_factory(model_base=model_base)
-    env = {**pipeline_env, "CHEXSTACK_SERVING": server.grpc_target}
-    producer = make_producer(kafka)
-    with running_workers(env, tmp_path) as w:
-        procs = [w.start("preprocess"), w.start("route")]
-        w.wait_assigned(procs)
-        for topic in (t.uploaded, t.preprocessed):
-            for name, (value, _) in POISON.items():
-                produce_sync(producer, topic, f"poison-{name}", value)
-        # Published after the poison, on the same topics: they get through only if the workers went on.
-        later = upload(uploader, make_uploads(3, seed=11))
-        wait_predictions(kafka, t, later, timeout_s=180)
-        for p in procs:
-            assert p.proc.poll() is None, f"{p.name} exited {p.proc.returncode}:\n{p.text()[-3000:]}"
-        w.stop_all()
-
-    letters = [decode(DeadLetter, v) for _, v in read_topic(kafka, t.dlq)]
-    got = {(lt.source_topic, lt.key): lt for lt in letters}
-    assert len(letters) == 2 * len(POISON), sorted(got)
-    for topic, worker in ((t.uploaded, "preprocess"), (t.preprocessed, "router")):
-        for name, (value, needle) in POISON.items():
-            letter = got[(topic, f"poison-{name}")]
-            assert needle in letter.reason, (topic, name, letter.reason)
-            assert letter.worker == worker
-            assert letter.payload_bytes == len(value or b"")
-            # The original is kept for a replay; an oversized one only up to the limit, so that the
-            # dead letter itself stays under the broker's message size limit.
-            assert base64.b64decode(letter.payload_b64) == (value or b"")[:MAX_PAYLOAD_BYTES]
-
-
-def test_poison_on_the_control_topic_is_ignored_and_the_last_good_weights_stay(
+def test_poison_on_every_topic_never_stops_the_workers_and_later_messages_flow(
     kafka: str,
     topics: dict[str, str],
     pipeline_env: dict[str, str],
@@ -91,43 +51,58 @@ def test_poison_on_the_control_topic_is_ignored_and_the_last_good_weights_stay(
     env = {**pipeline_env, "CHEXSTACK_SERVING": server.grpc_target}
     key = AbConfig.key_for("chexnet")
     producer = make_producer(kafka)
-    # Bad records are the newest for the router's key when it starts: compaction keeps them, so every
-    # later router start reads them first.
+    # Control: bad records are the newest for the router's key when it starts. Compaction keeps them,
+    # so every later router start reads them first.
     publish_weights(kafka, t.control, "chexnet", {"stable": 0, "canary": 100})
-    poison = {n: v for n, (v, _) in POISON.items() if v is not None}  # a tombstone is a valid reset
-    poison["other-model"] = AbConfig(model_name="other", weights={"stable": 100}).to_bytes()
-    for value in poison.values():
-        produce_sync(producer, t.control, key, value)
+    control_poison = {n: v for n, (v, _) in POISON.items() if v is not None}  # a tombstone is a reset
+    control_poison["other-model"] = AbConfig(model_name="other", weights={"stable": 100}).to_bytes()
+    for record in control_poison.values():
+        produce_sync(producer, t.control, key, record)
     produce_sync(producer, t.control, b"\xff\xfe", b"[" * 100_000)  # a key that is not even UTF-8
 
     with running_workers(env, tmp_path) as w:
-        router = w.start("route")
-        w.wait_assigned([router, w.start("preprocess")])
+        procs = [w.start("preprocess"), w.start("route")]
+        router = procs[1]
+        w.wait_assigned(procs)
         wait_log(router, "A/B weights for chexnet: {'stable': 0, 'canary': 100}")
-        ids = upload(uploader, make_uploads(2, seed=12))
-        preds = wait_predictions(kafka, t, ids, timeout_s=180)
-        # The weights read before the poison still route: canary only.
-        assert {(p.variant, p.model_version) for p in preds} == {("canary", 2)}
-        ignored = router.text().count("control topic: ignoring")
-        assert ignored == len(poison), router.text()[-4000:]
+        assert router.text().count("control topic: ignoring") == len(control_poison), router.text()[-4000:]
 
-        # Poison while following, then good weights: the follower is still reading.
-        for value in poison.values():
-            produce_sync(producer, t.control, key, value)
+        # Inputs: every poison on both input topics, then uploads, which get through only if the workers
+        # went on. The weights read before the control poison still route: canary only.
+        for topic in (t.uploaded, t.preprocessed):
+            for name, (value, _) in POISON.items():
+                produce_sync(producer, topic, f"poison-{name}", value)
+        preds = wait_predictions(kafka, t, upload(uploader, make_uploads(2, seed=11)), timeout_s=180)
+        assert {(p.variant, p.model_version) for p in preds} == {("canary", 2)}
+
+        # Control poison while following, then good weights: the follower is still reading.
+        for record in control_poison.values():
+            produce_sync(producer, t.control, key, record)
         publish_weights(kafka, t.control, "chexnet", {"stable": 100, "canary": 0})
         wait_log(router, "A/B weights for chexnet: {'stable': 100, 'canary': 0}")
-        assert router.text().count("control topic: ignoring") == 2 * len(poison)
-        ids = upload(uploader, make_uploads(2, seed=13))
-        preds = wait_predictions(kafka, t, ids, timeout_s=180)
-        assert {(p.variant, p.model_version) for p in preds} == {("stable", 1)}
+        assert router.text().count("control topic: ignoring") == 2 * len(control_poison)
 
         # Valid weights naming a label serving does not know: every image would be a NOT_FOUND dead
         # letter. The router refuses them and keeps routing by the last good ones.
         publish_weights(kafka, t.control, "chexnet", {"stable": 0, "beta": 100})
         wait_log(router, "control topic: refusing the A/B weights {'stable': 0, 'beta': 100}")
         assert "knows no label 'beta' for 'chexnet'" in router.text()
-        ids = upload(uploader, make_uploads(2, seed=14))
-        preds = wait_predictions(kafka, t, ids, timeout_s=180)
+        preds = wait_predictions(kafka, t, upload(uploader, make_uploads(2, seed=12)), timeout_s=180)
         assert {(p.variant, p.model_version) for p in preds} == {("stable", 1)}
-        assert router.proc.poll() is None
-    assert read_topic(kafka, t.dlq) == []
+        for p in procs:
+            assert p.proc.poll() is None, f"{p.name} exited {p.proc.returncode}:\n{p.text()[-3000:]}"
+        w.stop_all()
+
+    # Exactly one dead letter per input poison, none for the control topic or the uploads.
+    letters = [decode(DeadLetter, v) for _, v in read_topic(kafka, t.dlq)]
+    got = {(lt.source_topic, lt.key): lt for lt in letters}
+    assert len(letters) == 2 * len(POISON), sorted(got)
+    for topic, worker in ((t.uploaded, "preprocess"), (t.preprocessed, "router")):
+        for name, (value, needle) in POISON.items():
+            letter = got[(topic, f"poison-{name}")]
+            assert needle in letter.reason, (topic, name, letter.reason)
+            assert letter.worker == worker
+            assert letter.payload_bytes == len(value or b"")
+            # The original is kept for a replay; an oversized one only up to the limit, so that the
+            # dead letter itself stays under the broker's message size limit.
+            assert base64.b64decode(letter.payload_b64) == (value or b"")[:MAX_PAYLOAD_BYTES]
