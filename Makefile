@@ -61,14 +61,15 @@ schemas: $(STAMP)
 unit: $(STAMP)
 	$(VENV)/bin/pytest tests/unit -q
 
+# --durations: CI's log names the slowest tests, to keep the run inside its time budget.
 integration: $(STAMP)
-	$(VENV)/bin/pytest tests/integration -q
+	$(VENV)/bin/pytest tests/integration -q --durations=15
 
 # ansible-lint and yamllint, every role's Molecule scenario, then the whole playbook on this machine,
 # then the browser tier (Playwright + Chromium, notebooks run headless) against the same deployment: one
 # pytest process, so the platform instance (a session fixture, tests/conftest.py) is deployed once.
 e2e: $(STAMP)
-	$(VENV)/bin/pytest tests/e2e tests/browser -v
+	$(VENV)/bin/pytest tests/e2e tests/browser -v --durations=15
 
 # The browser tier alone; it deploys the isolated e2e instance itself (CHEXSTACK_E2E_REUSE=1 reuses a
 # running one). Screenshots go to tests/artifacts/browser/ (CHEXSTACK_TEST_ARTIFACTS overrides).
