@@ -8,6 +8,7 @@ commands share are the `*Opt` aliases. Role variables in the platform use the sa
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -46,6 +47,29 @@ def default_model_base(model_name: str = DEFAULT_MODEL_NAME) -> Path:
 
 def default_logs() -> Path:
     return default_home() / "logs"
+
+
+def secret(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """A secret setting: $NAME, else the first line of the file named by $NAME_FILE, else None.
+
+    The platform hands tokens to containers as compose secrets (files under /run/secrets named by
+    `*_FILE` variables), so they never appear in `docker inspect`. A `*_FILE` that names a file that
+    cannot be read, or an empty one, is an error that names the variable: silently running without a
+    token would turn authentication off.
+    """
+    e = os.environ if env is None else env
+    if e.get(name):
+        return e[name]
+    path = e.get(f"{name}_FILE")
+    if not path:
+        return None
+    try:
+        value = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{name}_FILE={path}: cannot read the secret: {exc}") from exc
+    if not value:
+        raise ValueError(f"{name}_FILE={path}: the file is empty")
+    return value
 
 
 def env_name(flag: str) -> str:

@@ -25,6 +25,7 @@ from chexstack.settings import (
     WaitOpt,
     default_hub,
     option,
+    secret,
 )
 
 if TYPE_CHECKING:
@@ -96,7 +97,17 @@ def serve(
         str | None,
         option(
             "--hub-token",
-            "Bearer token the hub API requires (all but /healthz). Unset: no token.",
+            "Bearer token the hub API requires (all but /healthz); CHEXSTACK_HUB_TOKEN_FILE names a file"
+            " holding it instead. Unset: no token.",
+            show_default=False,
+        ),
+    ] = None,
+    read_token: Annotated[
+        str | None,
+        option(
+            "--hub-read-token",
+            "A second bearer token that may only GET (list and show; no rerun, promote, rollback or A/B"
+            " change); CHEXSTACK_HUB_READ_TOKEN_FILE names a file holding it instead. Needs --hub-token.",
             show_default=False,
         ),
     ] = None,
@@ -122,17 +133,28 @@ def serve(
 
     from chexstack.hub.api import make_server
 
+    try:
+        token = token if token is not None else secret("CHEXSTACK_HUB_TOKEN")
+        read_token = read_token if read_token is not None else secret("CHEXSTACK_HUB_READ_TOKEN")
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    if read_token and not token:
+        raise fail("--hub-read-token needs --hub-token: without an admin token the API is open to everybody")
+    if read_token and read_token == token:
+        raise fail("--hub-read-token must differ from --hub-token")
     with service(hub, model_config_file=model_config_file, model_base=model_base, serving=serving,
                  kafka=kafka, topic_prefix=topic_prefix) as svc:  # fmt: skip
         try:
-            server = make_server(svc, host=host, port=port, token=token, reruns=reruns, label_wait_s=wait_s)
+            server = make_server(svc, host=host, port=port, token=token, reruns=reruns, label_wait_s=wait_s,
+                                 read_token=read_token)  # fmt: skip
         except OSError as exc:
             raise fail(f"cannot listen on {host}:{port}: {exc}") from exc
         # serve_forever runs here; a signal asks it to stop from another thread (shutdown() blocks).
         stop = lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()  # noqa: E731
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        typer.echo(f"hub API on {server.url} (hub {svc.hub.path}, token {'required' if token else 'off'})")
+        tokens = ("required" + (", read token too" if read_token else "")) if token else "off"
+        typer.echo(f"hub API on {server.url} (hub {svc.hub.path}, token {tokens})")
         try:
             server.serve_forever(poll_interval=0.5)
         finally:

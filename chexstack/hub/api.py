@@ -10,9 +10,10 @@ POST /v1/models/{name}/promote         {"version": 2, "label": "stable"} -> {"jo
 POST /v1/models/{name}/rollback        {"label": "stable"} (optional) -> {"job": {...}}
 GET  /v1/models/{name}/ab              {"model_name": ..., "weights": {...}}
 PUT  /v1/models/{name}/ab              {"weights": {"stable": 90, "canary": 10}} -> {"job": {...}}
-Errors: {"error": "..."} with 400 (bad request), 401 (token), 404, 405 (with Allow), 409 (state refuses),
-503 (serving or Kafka unreachable), 500. With a token set every request but /healthz needs
-`Authorization: Bearer <token>`.
+Errors: {"error": "..."} with 400 (bad request), 401 (token), 403 (a read-only token asked for a
+change), 404, 405 (with Allow), 409 (state refuses), 503 (serving or Kafka unreachable), 500. With a
+token set every request but /healthz needs `Authorization: Bearer <token>`. A read token (the
+notebooks get one) may only GET: rerun, promote, rollback and A/B changes need the admin token.
 """
 
 from __future__ import annotations
@@ -142,9 +143,15 @@ class HubServer(JsonServer):
         token: str | None,
         reruns: bool,
         label_wait_s: float,
+        read_token: str | None = None,
     ) -> None:
+        if read_token and not token:
+            raise ValueError("a read token needs an admin token: without one the API is open to everybody")
+        if read_token and hmac.compare_digest(read_token.encode(), (token or "").encode()):
+            raise ValueError("the read token must differ from the admin token")
         self.service = service
         self.token = token or None
+        self.read_token = read_token or None
         self.routes = _routes(service, reruns=reruns, label_wait_s=label_wait_s)
         super().__init__(address, _RequestHandler)
 
@@ -163,20 +170,35 @@ class _RequestHandler(JsonHandler):
             return exc.status, str(exc)
         return super().error_reply(exc)  # the API answers; the details go to its log
 
-    def _authorized(self) -> bool:
-        token = self.server.token
-        if token is None:
-            return True
+    def _access(self) -> str | None:
+        """ "admin", "read", or None (no valid token). Without an admin token the API is open."""
+        if self.server.token is None:
+            return "admin"
         scheme, _, given = (self.headers.get("Authorization") or "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token.encode())
+        if scheme.lower() != "bearer":
+            return None
+        presented = given.strip().encode()
+        # Both comparisons always run: the time taken says nothing about which token was close.
+        admin = hmac.compare_digest(presented, self.server.token.encode())
+        read = self.server.read_token is not None and hmac.compare_digest(
+            presented, self.server.read_token.encode()
+        )
+        return "admin" if admin else "read" if read else None
 
     def _handle(self, method: str) -> None:
         url = urlsplit(self.path)
         if method == "GET" and url.path.rstrip("/") == "/healthz":
             self.reply_json(200, {"status": "ok"})
             return
-        if not self._authorized():
+        access = self._access()
+        if access is None:
             raise HttpError(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
+        if access == "read" and method != "GET":
+            raise HttpError(
+                HTTPStatus.FORBIDDEN,
+                f"{method} needs the admin token: this token may only read (rerun, promote, rollback"
+                " and A/B changes are the admin's)",
+            )
         allowed = []
         for route_method, pattern, handler in self.server.routes:
             match = pattern.fullmatch(url.path)
@@ -206,10 +228,19 @@ class _RequestHandler(JsonHandler):
 
 
 def make_server(
-    service: Service, *, host: str, port: int, token: str | None, reruns: bool, label_wait_s: float
+    service: Service,
+    *,
+    host: str,
+    port: int,
+    token: str | None,
+    reruns: bool,
+    label_wait_s: float,
+    read_token: str | None = None,
 ) -> HubServer:
     """The API on host:port; promotions and rollbacks wait up to `label_wait_s` for serving."""
-    return HubServer((host, port), service, token=token, reruns=reruns, label_wait_s=label_wait_s)
+    return HubServer(
+        (host, port), service, token=token, reruns=reruns, label_wait_s=label_wait_s, read_token=read_token
+    )
 
 
 def serve_in_thread(server: HubServer) -> threading.Thread:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import requests
+
+from chexstack.settings import secret
 
 
 class HubClientError(RuntimeError):
@@ -17,14 +18,15 @@ class HubClientError(RuntimeError):
 
 
 class HubClient:
-    """`HubClient("http://127.0.0.1:8600", token, timeout_s=60)`; the token defaults to $CHEXSTACK_HUB_TOKEN.
+    """`HubClient("http://127.0.0.1:8600", token, timeout_s=60)`; the token defaults to $CHEXSTACK_HUB_TOKEN
+    (or the file $CHEXSTACK_HUB_TOKEN_FILE names).
 
     `timeout_s` bounds each request; a rerun or promote answers only once it is done, so give it room.
     """
 
     def __init__(self, url: str, token: str | None = None, *, timeout_s: float) -> None:
         self.url = url.rstrip("/")
-        self.token = token if token is not None else os.environ.get("CHEXSTACK_HUB_TOKEN") or None
+        self.token = token if token is not None else secret("CHEXSTACK_HUB_TOKEN")
         self.timeout_s = timeout_s
         self._session = requests.Session()
 

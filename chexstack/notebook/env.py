@@ -20,6 +20,7 @@ from chexstack.settings import (
     DEFAULT_SERVING,
     Limits,
     default_store,
+    secret,
 )
 from chexstack.topics import Topics
 
@@ -69,7 +70,7 @@ class NotebookSettings:
             model_name=e.get("CHEXSTACK_MODEL_NAME") or DEFAULT_MODEL_NAME,
             topic_prefix=e.get("CHEXSTACK_TOPIC_PREFIX", ""),
             hub_url=(e.get("CHEXSTACK_HUB_URL") or DEFAULT_HUB_URL).rstrip("/"),
-            hub_token=e.get("CHEXSTACK_HUB_TOKEN") or None,
+            hub_token=secret("CHEXSTACK_HUB_TOKEN", e),
             tensorboard_url=(e.get("CHEXSTACK_TENSORBOARD_URL") or DEFAULT_TENSORBOARD_URL).rstrip("/"),
             max_bytes=_positive_int(e, "CHEXSTACK_MAX_BYTES", DEFAULT_MAX_BYTES),
             max_pixels=_positive_int(e, "CHEXSTACK_MAX_PIXELS", DEFAULT_MAX_PIXELS),

@@ -1,5 +1,5 @@
-# Jupyter server settings of chexstack/jupyter. The token is read from $JUPYTER_TOKEN by Jupyter itself
-# (never stored in the image); publish the port on 127.0.0.1 unless it is exposed on purpose.
+# Jupyter server settings of chexstack/jupyter. The token comes from $JUPYTER_TOKEN or the file
+# $JUPYTER_TOKEN_FILE names (never stored in the image); publish the port on 127.0.0.1 unless it is exposed on purpose.
 import os
 
 c = get_config()  # type: ignore[name-defined]  # noqa: F821
@@ -8,6 +8,11 @@ c.ServerApp.port = int(os.environ.get("JUPYTER_PORT", "8888"))
 c.ServerApp.open_browser = False
 c.ServerApp.root_dir = os.environ.get("JUPYTER_ROOT_DIR", "/home/chexstack/work")
 c.ServerApp.allow_remote_access = True
+# The platform passes the token as a compose secret file (JUPYTER_TOKEN_FILE). Jupyter would read the
+# file as it is, trailing newline included, and then refuse every request: strip it here.
+if os.environ.get("JUPYTER_TOKEN_FILE") and not os.environ.get("JUPYTER_TOKEN"):
+    with open(os.environ["JUPYTER_TOKEN_FILE"], encoding="utf-8") as token_file:
+        c.IdentityProvider.token = token_file.read().strip()
 # Nobody logs in with a password; the token is the only credential.
 c.PasswordIdentityProvider.allow_password_change = False
 # Picked files reach the kernel inside one websocket message (the upload widget's value): tornado's

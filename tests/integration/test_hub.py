@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -428,3 +428,52 @@ def test_api_errors_are_json_a_client_can_act_on(hub: Hub, caplog: pytest.LogCap
         server.server_close()
     assert "SECRET" not in caplog.text  # the access log drops query strings
     assert '"GET /v1/jobs HTTP/1.1" 400 -' in caplog.text
+
+
+def test_a_read_token_lists_and_shows_but_changes_nothing(hub: Hub) -> None:
+    """The notebooks' token: every GET works, every change is 403 and leaves the hub as it was."""
+    from chexstack.hub.api import make_server, serve_in_thread
+
+    service = Service(hub, Settings(hub.path))
+    server = make_server(service, host="127.0.0.1", port=0, token=TOKEN, reruns=False, label_wait_s=WAIT_S,
+                         read_token="read-only-" + TOKEN)  # fmt: skip
+    serve_in_thread(server)
+    reader = HubClient(server.url, token="read-only-" + TOKEN, timeout_s=CLIENT_TIMEOUT_S)
+    admin = HubClient(server.url, token=TOKEN, timeout_s=CLIENT_TIMEOUT_S)
+    try:
+        before = admin.jobs()
+        assert reader.jobs() == before and reader.projects() == admin.projects()
+        changes: list[Callable[[], object]] = [
+            lambda: reader.promote(MODEL_NAME, 1, "stable"),
+            lambda: reader.rollback(MODEL_NAME),
+            lambda: reader.set_ab(MODEL_NAME, {"stable": 100}),
+            lambda: reader.rerun("0123456789ab"),
+        ]
+        for change in changes:
+            with pytest.raises(HubClientError) as refused:
+                change()
+            assert refused.value.status == 403 and "needs the admin token" in str(refused.value)
+        assert admin.jobs() == before  # nothing was recorded, not even a failed job
+        # The admin token still changes things: past the token check, on to the state's own answer.
+        with pytest.raises(HubClientError) as admin_refused:
+            admin.rerun("0123456789ab")
+        assert admin_refused.value.status == 409 and "does not run training" in str(admin_refused.value)
+        with pytest.raises(HubClientError) as wrong:
+            HubClient(server.url, token="read-only-" + TOKEN + "x", timeout_s=CLIENT_TIMEOUT_S).jobs()
+        assert wrong.value.status == 401
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_read_token_without_an_admin_token_is_refused(hub: Hub) -> None:
+    from chexstack.hub.api import make_server
+
+    service = Service(hub, Settings(hub.path))
+    for token, read_token, message in [
+        (None, "r" * 40, "needs an admin token"),
+        ("t" * 40, "t" * 40, "must differ"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            make_server(service, host="127.0.0.1", port=0, token=token, reruns=False, label_wait_s=WAIT_S,
+                        read_token=read_token)  # fmt: skip

@@ -17,7 +17,7 @@ from typer.main import get_command
 from typer.testing import CliRunner
 
 from chexstack.cli import app
-from chexstack.settings import env_name, option
+from chexstack.settings import env_name, option, secret
 from chexstack.training.config import TrainConfig
 
 # Short spellings kept for scripts and roles (`chexstack hub serve --port 8600`, `chexstack kafka down
@@ -195,3 +195,55 @@ def test_model_export_is_now_models_export(args: list[str]) -> None:
     assert runner.invoke(app, args).exit_code == 2
     moved = runner.invoke(app, ["models", "export", "--help"])
     assert moved.exit_code == 0 and "SavedModel version" in moved.output
+
+
+def test_a_secret_comes_from_its_variable_or_the_file_its_file_variable_names(tmp_path: Path) -> None:
+    token_file = tmp_path / "hub-token"
+    token_file.write_text("from-the-file\n")
+    assert secret("CHEXSTACK_HUB_TOKEN", {}) is None
+    assert secret("CHEXSTACK_HUB_TOKEN", {"CHEXSTACK_HUB_TOKEN_FILE": str(token_file)}) == "from-the-file"
+    both = {"CHEXSTACK_HUB_TOKEN": "direct", "CHEXSTACK_HUB_TOKEN_FILE": str(token_file)}
+    assert secret("CHEXSTACK_HUB_TOKEN", both) == "direct"
+
+
+@pytest.mark.parametrize("content", [None, "", "\n"])
+def test_an_unreadable_or_empty_secret_file_is_an_error_naming_the_variable(
+    tmp_path: Path, content: str | None
+) -> None:
+    token_file = tmp_path / "hub-token"
+    if content is not None:
+        token_file.write_text(content)
+    with pytest.raises(
+        ValueError, match=r"CHEXSTACK_HUB_TOKEN_FILE=.*hub-token: (cannot read|the file is empty)"
+    ):
+        secret("CHEXSTACK_HUB_TOKEN", {"CHEXSTACK_HUB_TOKEN_FILE": str(token_file)})
+
+
+def test_hub_serve_refuses_a_token_file_it_cannot_read(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-token"
+    result = CliRunner().invoke(
+        app, ["hub", "serve", "--hub", str(tmp_path / "hub.sqlite"), "--port", "0"],
+        env={"CHEXSTACK_HUB_TOKEN_FILE": str(missing)},
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert f"CHEXSTACK_HUB_TOKEN_FILE={missing}: cannot read the secret" in result.output
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"CHEXSTACK_HUB_READ_TOKEN": "r" * 40}, "--hub-read-token needs --hub-token"),
+        (
+            {"CHEXSTACK_HUB_TOKEN": "t" * 40, "CHEXSTACK_HUB_READ_TOKEN": "t" * 40},
+            "must differ from --hub-token",
+        ),
+    ],
+)
+def test_hub_serve_refuses_a_read_token_that_would_not_protect_anything(
+    tmp_path: Path, env: dict[str, str], message: str
+) -> None:
+    result = CliRunner().invoke(
+        app, ["hub", "serve", "--hub", str(tmp_path / "hub.sqlite"), "--port", "0"], env=env
+    )
+    assert result.exit_code != 0
+    assert message in result.output
