@@ -7,7 +7,8 @@ the browser tier: `make e2e` runs tests/e2e and tests/browser in one pytest proc
 run after this file's last test, on the re-upped platform. The tests run in file order:
   1. the playbook from scratch (the instance's containers and volumes removed first; images are the
      engine's cache), with the smoke play;
-  2. every container healthy, every port bound to 127.0.0.1;
+  2. every container healthy, every port bound to 127.0.0.1; every container without capabilities,
+     with a memory and pids limit, a read-only root filesystem, not root;
   3. synthetic uploads (PNG and DICOM) through the workers, predictions read through the host port;
   4. TF Serving's REST and gRPC APIs;
   4b. the demo model trained on synthetic data by the training play: handed to serving as `stable`,
@@ -31,6 +32,7 @@ from chexstack.labels import LABELS
 from chexstack.predictions import read_predictions
 from chexstack.serving_client import ServingClient
 from tests.platform_instance import (
+    JUPYTER_TOKEN_FILE,
     KAFKA,
     TOPIC_PREFIX,
     VARS,
@@ -39,6 +41,9 @@ from tests.platform_instance import (
     containers,
     docker,
     hub_api,
+    hub_token,
+    jupyter_container,
+    jupyter_token,
     make,
     recap,
     wait_healthy,
@@ -103,9 +108,11 @@ def test_first_run_provisions_everything_and_smoke_passes(e2e_platform: Platform
     assert recap(first_run)["failed"] == 0
     assert recap(first_run)["changed"] > 0
     assert "CheXStack is up" in first_run
-    assert re.search(r"JupyterLab: +http://127\.0\.0\.1:\d+/lab\?token=[0-9a-f]{32,}", first_run), first_run[
-        -3000:
-    ]
+    assert re.search(r"JupyterLab: +http://127\.0\.0\.1:\d+/lab\?token=<token>", first_run), first_run[-3000:]
+    # It says where the token is kept, never the token itself (the output lands in logs and tickets).
+    # The YAML result callback folds long lines: compare with whitespace collapsed.
+    assert f"(the token is in {JUPYTER_TOKEN_FILE}: sudo cat it)" in " ".join(first_run.split())
+    assert jupyter_token() not in first_run
 
 
 def test_every_container_healthy_on_loopback_only(e2e_platform: Platform) -> None:
@@ -116,6 +123,75 @@ def test_every_container_healthy_on_loopback_only(e2e_platform: Platform) -> Non
         for pub in r.get("Publishers") or []:
             if pub["PublishedPort"]:
                 assert pub["URL"] == "127.0.0.1", (r["Name"], pub)
+
+
+def test_every_container_hardened_and_bounded(e2e_platform: Platform) -> None:
+    """No capabilities, no privilege gain, a memory and pids limit, a read-only root, never root."""
+    rows = wait_healthy()
+    trainer = Path(VARS["chexstack_data_dir"]) / "trainer" / "compose.yaml"
+    # The trainer job is not running: its compose model is what `docker compose run` starts.
+    job = json.loads(docker("compose", "-f", str(trainer), "--profile", "job", "config", "--format", "json"))
+    configs = {"trainer": job["services"]["trainer"]}
+    for r in rows:
+        info = json.loads(docker("inspect", r["Name"]))[0]
+        host, config = info["HostConfig"], info["Config"]
+        configs[r["Name"]] = {
+            "cap_drop": host["CapDrop"],
+            "cap_add": host["CapAdd"],
+            "security_opt": host["SecurityOpt"],
+            "mem_limit": host["Memory"],
+            "pids_limit": host["PidsLimit"],
+            "read_only": host["ReadonlyRootfs"],
+            "privileged": host["Privileged"],
+            "user": config["User"] or "root (image default)",
+        }
+    for name, c in configs.items():
+        assert c["cap_drop"] == ["ALL"] and not c.get("cap_add"), (name, c)
+        assert c["security_opt"] == ["no-new-privileges:true"], (name, c)
+        assert int(c["mem_limit"]) > 0 and int(c["pids_limit"]) > 0, (name, c)
+        assert c["read_only"] is True and not c.get("privileged"), (name, c)
+    for name, c in configs.items():
+        if name != "trainer":
+            # Every image runs as chexstack_uid (USER in its Dockerfile, or serving's `user:`).
+            assert c["user"].split(":")[0] in ("10001", "chexstack"), (name, c)
+
+
+def test_tokens_are_secret_files_and_data_is_private(e2e_platform: Platform) -> None:
+    """Tokens reach containers as compose secrets, never as environment variables; data dirs 0750."""
+    data = Path(VARS["chexstack_data_dir"])
+    read_token = (data / "secrets" / "hub-read-token").read_text().strip()
+    tokens = {"jupyter": jupyter_token(), "hub": hub_token(), "hub read": read_token}
+    for r in containers():
+        env = json.loads(docker("inspect", "--format", "{{json .Config.Env}}", r["Name"]))
+        for name, token in tokens.items():
+            assert all(token not in variable for variable in env), (r["Name"], name)
+    assert (data / "secrets").stat().st_mode & 0o777 == 0o700
+    for name in ("jupyter-token", "hub-token", "hub-read-token"):
+        st = (data / "secrets" / name).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 10001, 0o640), name
+    for private in (data / "jupyter" / "work", data / "data"):
+        st = private.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (10001, 0o750), private
+    for notebook in (data / "jupyter" / "work").rglob("*.ipynb"):
+        assert notebook.stat().st_mode & 0o007 == 0, notebook
+    # A notebook user holds the hub's read token: it lists, but cannot change what serving serves.
+    probe = (
+        "import json\n"
+        "from chexstack.hub.client import HubClient, HubClientError\n"
+        "from chexstack.notebook.env import NotebookSettings\n"
+        "s = NotebookSettings.from_env()\n"
+        "client = HubClient(s.hub_url, token=s.hub_token, timeout_s=60)\n"
+        "jobs = len(client.jobs())\n"
+        "try:\n"
+        f"    client.rollback({VARS['chexstack_model_name']!r})\n"
+        "    status = 200\n"
+        "except HubClientError as exc:\n"
+        "    status = exc.status\n"
+        "print(json.dumps({'jobs': jobs, 'rollback': status, 'token': s.hub_token}))\n"
+    )
+    out = json.loads(docker("exec", jupyter_container(), "python", "-c", probe).strip().splitlines()[-1])
+    assert out["token"] == read_token != hub_token()
+    assert out["jobs"] > 0 and out["rollback"] == 403, {k: v for k, v in out.items() if k != "token"}
 
 
 def test_uploads_get_predictions_through_kafka(e2e_platform: Platform) -> None:
