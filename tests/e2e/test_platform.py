@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import re
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -34,6 +35,7 @@ from chexstack.serving_client import ServingClient
 from tests.platform_instance import (
     JUPYTER_TOKEN_FILE,
     KAFKA,
+    TENSORBOARD_URL,
     TOPIC_PREFIX,
     VARS,
     VOLUMES,
@@ -192,6 +194,14 @@ def test_tokens_are_secret_files_and_data_is_private(e2e_platform: Platform) -> 
     out = json.loads(docker("exec", jupyter_container(), "python", "-c", probe).strip().splitlines()[-1])
     assert out["token"] == read_token != hub_token()
     assert out["jobs"] > 0 and out["rollback"] == 403, {k: v for k, v in out.items() if k != "token"}
+    # TensorBoard answers only with one of the hub's tokens.
+    runs = f"{TENSORBOARD_URL}/data/runs"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(runs, timeout=30)
+    assert refused.value.code == 401
+    authorized = urllib.request.Request(runs, headers={"Authorization": f"Bearer {read_token}"})
+    with urllib.request.urlopen(authorized, timeout=30) as resp:
+        assert resp.status == 200 and isinstance(json.load(resp), list)
 
 
 def test_uploads_get_predictions_through_kafka(e2e_platform: Platform) -> None:
