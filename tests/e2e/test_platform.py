@@ -234,7 +234,7 @@ def test_serving_rest_and_grpc(e2e_platform: Platform) -> None:
 
 def test_demo_model_trained_handed_off_and_in_the_hub(e2e_platform: Platform) -> None:
     token_file = Path(VARS["chexstack_data_dir"], "secrets", "hub-token")
-    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    assert oct(token_file.stat().st_mode & 0o777) == "0o640"  # root, and the services' group
     token = token_file.read_text().strip()
     status, body = hub_api("/v1/jobs?kind=train", None)
     assert status == 401 and "error" in body
