@@ -9,19 +9,13 @@ controller, whose Python (the project's virtualenv) has the package.
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 from ansible.errors import AnsibleFilterError  # type: ignore[import-untyped]
-
-try:
-    from chexstack import ab
-    from chexstack.hub import modelsconfig
-except ImportError as exc:  # reported by the first filter used, with what to do about it
-    _IMPORT_ERROR: ImportError | None = exc
-else:
-    _IMPORT_ERROR = None
 
 # `CHEXSTACK_KAFKA_IMAGE=chexstack/kafka:4.2.1-0123456789ab`, a line of scripts/images/tags.sh.
 _IMAGE_LINE = re.compile(r"^(CHEXSTACK_[A-Z0-9_]+_IMAGE)=(.+)$")
@@ -31,12 +25,17 @@ _LOCAL_IMAGE = re.compile(r"^chexstack/([a-z0-9][a-z0-9_.-]*):[^:/]+$")
 _SETTING = re.compile(r"^[a-z][a-z0-9]*_([a-z][a-z0-9_]*)$")
 
 
-def _require_chexstack() -> None:
-    if _IMPORT_ERROR is not None:
+def _chexstack(module: str) -> ModuleType:
+    """chexstack.<module>, imported when a filter first needs it, not with this file: Ansible imports
+    the plugin in the worker process of every task, and the package (numpy, protobuf) took 0.3 s of
+    every task of site.yml that way."""
+    try:
+        return importlib.import_module(f"chexstack.{module}")
+    except ImportError as exc:
         raise AnsibleFilterError(
             f"the chexstack package is not importable from the Python that runs Ansible "
-            f"({_IMPORT_ERROR}); run ansible-playbook from the project's virtualenv (make venv)"
-        )
+            f"({exc}); run ansible-playbook from the project's virtualenv (make venv)"
+        ) from exc
 
 
 def image_facts(lines: Sequence[str]) -> dict[str, str]:
@@ -72,7 +71,7 @@ def build_names(refs: Sequence[str]) -> list[str]:
 
 def ab_weights_problems(text: str) -> list[str]:
     """[] when `text` is valid A/B weights for the routers (chexstack.ab.parse_weights), else the reason."""
-    _require_chexstack()
+    ab = _chexstack("ab")
     try:
         ab.parse_weights(str(text))
     except ValueError as exc:
@@ -83,7 +82,7 @@ def ab_weights_problems(text: str) -> list[str]:
 def serving_models(models: Sequence[Mapping[str, Any]], models_dir: str) -> list[dict[str, Any]]:
     """The serving role's models with their defaults: name, base_path, and version, the version a first
     export writes (the lowest one the policy or the labels name, else 1)."""
-    _require_chexstack()
+    modelsconfig = _chexstack("hub.modelsconfig")
     try:
         config = modelsconfig.from_models(models, models_dir)
     except modelsconfig.ModelsConfigError as exc:
@@ -101,7 +100,7 @@ def serving_models_problems(
     """[] when the serving role can deploy `models`, else what is wrong: an invalid model list
     (chexstack.hub.modelsconfig.from_models), a base_path off the models volume (mounted at
     `models_dir`), or a health model that is not one of the models."""
-    _require_chexstack()
+    modelsconfig = _chexstack("hub.modelsconfig")
     try:
         config = modelsconfig.from_models(models, models_dir)
     except modelsconfig.ModelsConfigError as exc:
@@ -119,7 +118,7 @@ def serving_models_problems(
 
 def models_config(models: Sequence[Mapping[str, Any]], models_dir: str, header: str = "") -> str:
     """models.config text of the serving role's models (chexstack.hub.modelsconfig.render)."""
-    _require_chexstack()
+    modelsconfig = _chexstack("hub.modelsconfig")
     try:
         return str(modelsconfig.render(models, models_dir, header))
     except modelsconfig.ModelsConfigError as exc:
