@@ -138,10 +138,6 @@ def serve(
         read_token = read_token if read_token is not None else secret("CHEXSTACK_HUB_READ_TOKEN")
     except ValueError as exc:
         raise fail(str(exc)) from exc
-    if read_token and not token:
-        raise fail("--hub-read-token needs --hub-token: without an admin token the API is open to everybody")
-    if read_token and read_token == token:
-        raise fail("--hub-read-token must differ from --hub-token")
     with service(hub, model_config_file=model_config_file, model_base=model_base, serving=serving,
                  kafka=kafka, topic_prefix=topic_prefix) as svc:  # fmt: skip
         try:
@@ -149,6 +145,8 @@ def serve(
                                  read_token=read_token)  # fmt: skip
         except OSError as exc:
             raise fail(f"cannot listen on {host}:{port}: {exc}") from exc
+        except ValueError as exc:  # the server's rules for the two tokens
+            raise fail(f"--hub-read-token: {exc}") from exc
         # serve_forever runs here; a signal asks it to stop from another thread (shutdown() blocks).
         stop = lambda *_: threading.Thread(target=server.shutdown, daemon=True).start()  # noqa: E731
         signal.signal(signal.SIGTERM, stop)

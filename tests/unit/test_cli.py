@@ -232,10 +232,10 @@ def test_hub_serve_refuses_a_token_file_it_cannot_read(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"CHEXSTACK_HUB_READ_TOKEN": "r" * 40}, "--hub-read-token needs --hub-token"),
+        ({"CHEXSTACK_HUB_READ_TOKEN": "r" * 40}, "--hub-read-token: a read token needs an admin token"),
         (
             {"CHEXSTACK_HUB_TOKEN": "t" * 40, "CHEXSTACK_HUB_READ_TOKEN": "t" * 40},
-            "must differ from --hub-token",
+            "--hub-read-token: the read token must differ from the admin token",
         ),
     ],
 )
