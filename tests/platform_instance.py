@@ -44,8 +44,10 @@ DATA_DIR = Path(VARS["chexstack_data_dir"])
 JUPYTER_URL = f"http://127.0.0.1:{VARS['chexstack_jupyter_port']}"
 HUB_URL = f"http://127.0.0.1:{VARS['chexstack_hub_port']}"
 TENSORBOARD_URL = f"http://127.0.0.1:{VARS['chexstack_tensorboard_port']}"
-JUPYTER_TOKEN_FILE = DATA_DIR / "secrets" / "jupyter-token"
-HUB_TOKEN_FILE = DATA_DIR / "secrets" / "hub-token"
+SECRETS_DIR = DATA_DIR / "secrets"
+JUPYTER_TOKEN_FILE = SECRETS_DIR / "jupyter-token"
+HUB_TOKEN_FILE = SECRETS_DIR / "hub-token"
+HUB_READ_TOKEN_FILE = SECRETS_DIR / "hub-read-token"
 # The JupyterLab container's work directory (its root) and where the host sees it.
 JUPYTER_WORK_DIR = "/home/chexstack/work"
 JUPYTER_WORK_DIR_ON_HOST = DATA_DIR / "jupyter" / "work"
@@ -141,6 +143,10 @@ def jupyter_token() -> str:
 
 def hub_token() -> str:
     return HUB_TOKEN_FILE.read_text().strip()
+
+
+def hub_read_token() -> str:
+    return HUB_READ_TOKEN_FILE.read_text().strip()
 
 
 def hub_api(path: str, token: str | None) -> tuple[int, dict[str, Any]]:

@@ -33,8 +33,13 @@ from chexstack.labels import LABELS
 from chexstack.predictions import read_predictions
 from chexstack.serving_client import ServingClient
 from tests.platform_instance import (
+    DATA_DIR,
+    HUB_READ_TOKEN_FILE,
+    HUB_TOKEN_FILE,
     JUPYTER_TOKEN_FILE,
+    JUPYTER_WORK_DIR_ON_HOST,
     KAFKA,
+    SECRETS_DIR,
     TENSORBOARD_URL,
     TOPIC_PREFIX,
     VARS,
@@ -43,6 +48,7 @@ from tests.platform_instance import (
     containers,
     docker,
     hub_api,
+    hub_read_token,
     hub_token,
     jupyter_container,
     jupyter_token,
@@ -160,21 +166,20 @@ def test_every_container_hardened_and_bounded(e2e_platform: Platform) -> None:
 
 def test_tokens_are_secret_files_and_data_is_private(e2e_platform: Platform) -> None:
     """Tokens reach containers as compose secrets, never as environment variables; data dirs 0750."""
-    data = Path(VARS["chexstack_data_dir"])
-    read_token = (data / "secrets" / "hub-read-token").read_text().strip()
+    read_token = hub_read_token()
     tokens = {"jupyter": jupyter_token(), "hub": hub_token(), "hub read": read_token}
     for r in containers():
         env = json.loads(docker("inspect", "--format", "{{json .Config.Env}}", r["Name"]))
         for name, token in tokens.items():
             assert all(token not in variable for variable in env), (r["Name"], name)
-    assert (data / "secrets").stat().st_mode & 0o777 == 0o700
-    for name in ("jupyter-token", "hub-token", "hub-read-token"):
-        st = (data / "secrets" / name).stat()
-        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 10001, 0o640), name
-    for private in (data / "jupyter" / "work", data / "data"):
+    assert SECRETS_DIR.stat().st_mode & 0o777 == 0o700
+    for token_file in (JUPYTER_TOKEN_FILE, HUB_TOKEN_FILE, HUB_READ_TOKEN_FILE):
+        st = token_file.stat()  # root, and the services' group
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 10001, 0o640), token_file
+    for private in (JUPYTER_WORK_DIR_ON_HOST, DATA_DIR / "data"):
         st = private.stat()
         assert (st.st_uid, st.st_mode & 0o777) == (10001, 0o750), private
-    for notebook in (data / "jupyter" / "work").rglob("*.ipynb"):
+    for notebook in JUPYTER_WORK_DIR_ON_HOST.rglob("*.ipynb"):
         assert notebook.stat().st_mode & 0o007 == 0, notebook
     # A notebook user holds the hub's read token: it lists, but cannot change what serving serves.
     probe = (
@@ -233,9 +238,7 @@ def test_serving_rest_and_grpc(e2e_platform: Platform) -> None:
 
 
 def test_demo_model_trained_handed_off_and_in_the_hub(e2e_platform: Platform) -> None:
-    token_file = Path(VARS["chexstack_data_dir"], "secrets", "hub-token")
-    assert oct(token_file.stat().st_mode & 0o777) == "0o640"  # root, and the services' group
-    token = token_file.read_text().strip()
+    token = hub_token()
     status, body = hub_api("/v1/jobs?kind=train", None)
     assert status == 401 and "error" in body
 
