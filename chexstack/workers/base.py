@@ -125,6 +125,14 @@ def dead_letter(msg: Message, dlq_topic: str, worker: str, reason: str, error_ty
     return Output(dlq_topic, letter.key, letter.to_bytes())
 
 
+def unexpected_dead_letter(msg: Message, dlq_topic: str, worker: str, exc: Exception) -> Output:
+    """The dead letter of a message whose handling failed in a way no handler expected (a bug, or input
+    nobody foresaw): logged with its traceback, and out of the way so the worker goes on. Call it from
+    an `except Exception` around one message's handling."""
+    log.exception("unexpected error on %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
+    return dead_letter(msg, dlq_topic, worker, f"unexpected error: {exc}", type(exc).__name__)
+
+
 Handler = Callable[[Sequence[Message]], list[Output]]
 
 

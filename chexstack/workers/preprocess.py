@@ -16,7 +16,7 @@ from chexstack.messages import BadMessage, Preprocessed, Uploaded, decode, now_m
 from chexstack.settings import Limits
 from chexstack.topics import Topics
 from chexstack.transform import preprocess_bytes
-from chexstack.workers.base import BatchWorker, Output, dead_letter
+from chexstack.workers.base import BatchWorker, Output, dead_letter, unexpected_dead_letter
 
 log = logging.getLogger(__name__)
 WORKER = "preprocess"
@@ -55,9 +55,7 @@ def handle_uploaded(
             )
             continue
         except Exception as exc:  # any other per-message failure must not crash-loop the worker
-            log.exception("unexpected error on %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
-            reason = f"unexpected error: {exc}"
-            outputs.append(dead_letter(msg, topics.dlq, WORKER, reason, type(exc).__name__))
+            outputs.append(unexpected_dead_letter(msg, topics.dlq, WORKER, exc))
             continue
         outputs.append(Output(topics.preprocessed, up.image_id, out.to_bytes()))
     return outputs

@@ -16,7 +16,7 @@ from chexstack.ab import LATEST, ControlFollower, choose_variant
 from chexstack.messages import AbConfig, BadMessage, Latency, Prediction, Preprocessed, decode, now_ms
 from chexstack.serving_client import ServingClient, ServingError
 from chexstack.topics import Topics
-from chexstack.workers.base import BatchWorker, Output, Retry, dead_letter
+from chexstack.workers.base import BatchWorker, Output, Retry, dead_letter, unexpected_dead_letter
 
 log = logging.getLogger(__name__)
 WORKER = "router"
@@ -60,9 +60,7 @@ class Router:
                 outputs.append(dead_letter(msg, self.topics.dlq, WORKER, str(exc), type(exc).__name__))
                 continue
             except Exception as exc:
-                log.exception("unexpected error on %s[%s]@%s", msg.topic(), msg.partition(), msg.offset())
-                reason = f"unexpected error: {exc}"
-                outputs.append(dead_letter(msg, self.topics.dlq, WORKER, reason, type(exc).__name__))
+                outputs.append(unexpected_dead_letter(msg, self.topics.dlq, WORKER, exc))
                 continue
             groups.setdefault(variant, []).append((msg, pre, pixels))
         for variant, items in sorted(groups.items()):
