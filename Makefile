@@ -12,12 +12,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Extra ansible-playbook arguments for `make up` / `make down`, e.g. ARGS='-e chexstack_expose=true'.
 ARGS ?=
 
-.PHONY: help venv system-deps up down images lint typecheck unit integration e2e browser test demo schemas bench clean
+.PHONY: help venv system-deps up down images lint typecheck unit integration e2e security browser test demo schemas bench clean
 
 help:
 	@echo "make up      - install the controller toolchain, run site.yml on this machine (the platform)"
 	@echo "make down    - stop every platform container; volumes (Kafka data, models, blobs) are kept"
 	@echo "make test    - install what is needed, then lint, unit, integration and e2e (Molecule, playbook, browser) tests"
+	@echo "make security - security probes alone (containers, tokens, HTTP limits, poison, PHI) on the e2e instance"
 	@echo "make browser - browser tests alone: deploys the isolated e2e instance, drives JupyterLab with Chromium"
 	@echo "make demo    - broker, model, serving and workers on this machine; upload synthetic X-rays"
 	@echo "make bench   - streaming benchmark (writes docs/performance.md figures to stdout)"
@@ -66,10 +67,16 @@ integration: $(STAMP)
 	$(VENV)/bin/pytest tests/integration -q --durations=15
 
 # ansible-lint and yamllint, every role's Molecule scenario, then the whole playbook on this machine,
-# then the browser tier (Playwright + Chromium, notebooks run headless) against the same deployment: one
-# pytest process, so the platform instance (a session fixture, tests/conftest.py) is deployed once.
+# then the security tier (what a local or notebook user could try) and the browser tier (Playwright +
+# Chromium, notebooks run headless) against the same deployment: one pytest process, so the platform
+# instance (a session fixture, tests/conftest.py) is deployed once.
 e2e: $(STAMP)
-	$(VENV)/bin/pytest tests/e2e tests/browser -v --durations=15
+	$(VENV)/bin/pytest tests/e2e tests/security tests/browser -v --durations=15
+
+# The security tier alone; like `make browser` it deploys the e2e instance (CHEXSTACK_E2E_REUSE=1
+# reuses a running one).
+security: $(STAMP)
+	$(VENV)/bin/pytest tests/security -v
 
 # The browser tier alone; it deploys the isolated e2e instance itself (CHEXSTACK_E2E_REUSE=1 reuses a
 # running one). Screenshots go to tests/artifacts/browser/ (CHEXSTACK_TEST_ARTIFACTS overrides).

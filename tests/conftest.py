@@ -1,5 +1,5 @@
 """Shared fixtures. `kafka` starts the project's real broker once per test session (no mocks);
-`e2e_platform` deploys the whole platform once per test session for the e2e and browser tiers."""
+`e2e_platform` deploys the whole platform once per test session for the e2e, security and browser tiers."""
 
 from __future__ import annotations
 
@@ -87,8 +87,8 @@ def store_dir(tmp_path: Path) -> Path:
 def e2e_platform() -> Iterator[platform_instance.Platform]:
     """The isolated platform instance (tests/e2e/platform-vars.yml), deployed once per pytest process.
 
-    tests/e2e/test_platform.py and tests/browser/ share this one deployment (`make e2e` runs both in one
-    process; a second deployment would cost about 15 minutes): the instance's containers, volumes and
+    tests/e2e/test_platform.py, tests/security/ and tests/browser/ share this one deployment (`make e2e`
+    runs them in one process; a second deployment would cost about 15 minutes): the instance's containers, volumes and
     files are removed, `make up` deploys it from scratch (images are the engine's cache), and everything
     is removed again at the end of the session.
 

@@ -98,6 +98,13 @@ def docker(*args: str, check: bool = True, input: str | None = None) -> str:
     return proc.stdout
 
 
+def container_logs(name: str) -> str:
+    """Everything a container wrote, both streams (the services log to stderr)."""
+    proc = subprocess.run(["docker", "logs", name], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, f"docker logs {name} exited {proc.returncode}:\n{proc.stderr}"
+    return proc.stdout + proc.stderr
+
+
 def containers() -> list[dict[str, Any]]:
     rows = []
     for project in PROJECTS:
@@ -167,3 +174,50 @@ def jupyter_container() -> str:
     assert len(rows) == 1 and rows[0]["State"] == "running", rows
     name: str = rows[0]["Name"]
     return name
+
+
+def python_image() -> str:
+    """The chexstack/python image the workers run."""
+    out = docker("compose", "-p", VARS["workers_project_name"], "images", "--format", "json")
+    return next(f"{i['Repository']}:{i['Tag']}" for i in json.loads(out))
+
+
+def model_versions() -> str:
+    name = VARS["chexstack_model_name"]
+    return docker(
+        "run",
+        "--rm",
+        "-v",
+        f"{VARS['chexstack_models_volume']}:/m",
+        "--entrypoint",
+        "ls",
+        python_image(),
+        f"/m/{name}",
+    )
+
+
+def upload_in_container(count: int, seed: int) -> list[str]:
+    """Synthetic PNG and DICOM files uploaded inside a one-shot chexstack container on the network."""
+    ref = python_image()
+    out = docker(
+        "run",
+        "--rm",
+        "--network",
+        VARS["chexstack_network"],
+        "--volume",
+        f"{VARS['chexstack_blobs_volume']}:/var/lib/chexstack/blobs",
+        "--env",
+        "CHEXSTACK_KAFKA=kafka:9092",
+        "--env",
+        f"CHEXSTACK_TOPIC_PREFIX={TOPIC_PREFIX}",
+        "--env",
+        "CHEXSTACK_STORE=/var/lib/chexstack/blobs",
+        ref,
+        "bash",
+        "-c",
+        f"chexstack data synth --out /tmp/s --count {count} --seed {seed} >/dev/null && "
+        "chexstack upload /tmp/s/images /tmp/s/dicom --patient-id MRN-E2E-0001",
+    )
+    ids = [line.split("\t")[1] for line in out.splitlines() if "\t" in line]
+    assert ids and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), out
+    return ids

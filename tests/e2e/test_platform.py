@@ -7,8 +7,8 @@ the browser tier: `make e2e` runs tests/e2e and tests/browser in one pytest proc
 run after this file's last test, on the re-upped platform. The tests run in file order:
   1. the playbook from scratch (the instance's containers and volumes removed first; images are the
      engine's cache), with the smoke play;
-  2. every container healthy, every port bound to 127.0.0.1; every container without capabilities,
-     with a memory and pids limit, a read-only root filesystem, not root;
+  2. every container healthy, every port bound to 127.0.0.1 (the security tier, tests/security, probes
+     the rest of what a local user could try);
   3. synthetic uploads (PNG and DICOM) through the workers, predictions read through the host port;
   4. TF Serving's REST and gRPC APIs;
   4b. the demo model trained on synthetic data by the training play: handed to serving as `stable`,
@@ -24,7 +24,6 @@ import json
 import re
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,14 +32,8 @@ from chexstack.labels import LABELS
 from chexstack.predictions import read_predictions
 from chexstack.serving_client import ServingClient
 from tests.platform_instance import (
-    DATA_DIR,
-    HUB_READ_TOKEN_FILE,
-    HUB_TOKEN_FILE,
     JUPYTER_TOKEN_FILE,
-    JUPYTER_WORK_DIR_ON_HOST,
     KAFKA,
-    SECRETS_DIR,
-    TENSORBOARD_URL,
     TOPIC_PREFIX,
     VARS,
     VOLUMES,
@@ -48,65 +41,18 @@ from tests.platform_instance import (
     containers,
     docker,
     hub_api,
-    hub_read_token,
     hub_token,
-    jupyter_container,
     jupyter_token,
     make,
+    model_versions,
     recap,
+    upload_in_container,
     wait_healthy,
 )
 
 # The first test deploys the platform (the session fixture's setup counts towards its timeout); the
 # second-run and down/up tests run the playbook too.
 pytestmark = pytest.mark.timeout(3600)
-
-
-def python_image() -> str:
-    """The chexstack/python image the workers run."""
-    out = docker("compose", "-p", VARS["workers_project_name"], "images", "--format", "json")
-    return next(f"{i['Repository']}:{i['Tag']}" for i in json.loads(out))
-
-
-def model_versions() -> str:
-    name = VARS["chexstack_model_name"]
-    return docker(
-        "run",
-        "--rm",
-        "-v",
-        f"{VARS['chexstack_models_volume']}:/m",
-        "--entrypoint",
-        "ls",
-        python_image(),
-        f"/m/{name}",
-    )
-
-
-def upload_in_container(count: int, seed: int) -> list[str]:
-    """Synthetic PNG and DICOM files uploaded inside a one-shot chexstack container on the network."""
-    ref = python_image()
-    out = docker(
-        "run",
-        "--rm",
-        "--network",
-        VARS["chexstack_network"],
-        "--volume",
-        f"{VARS['chexstack_blobs_volume']}:/var/lib/chexstack/blobs",
-        "--env",
-        "CHEXSTACK_KAFKA=kafka:9092",
-        "--env",
-        f"CHEXSTACK_TOPIC_PREFIX={TOPIC_PREFIX}",
-        "--env",
-        "CHEXSTACK_STORE=/var/lib/chexstack/blobs",
-        ref,
-        "bash",
-        "-c",
-        f"chexstack data synth --out /tmp/s --count {count} --seed {seed} >/dev/null && "
-        "chexstack upload /tmp/s/images /tmp/s/dicom --patient-id MRN-E2E-0001",
-    )
-    ids = [line.split("\t")[1] for line in out.splitlines() if "\t" in line]
-    assert ids and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), out
-    return ids
 
 
 def test_first_run_provisions_everything_and_smoke_passes(e2e_platform: Platform) -> None:
@@ -131,82 +77,6 @@ def test_every_container_healthy_on_loopback_only(e2e_platform: Platform) -> Non
         for pub in r.get("Publishers") or []:
             if pub["PublishedPort"]:
                 assert pub["URL"] == "127.0.0.1", (r["Name"], pub)
-
-
-def test_every_container_hardened_and_bounded(e2e_platform: Platform) -> None:
-    """No capabilities, no privilege gain, a memory and pids limit, a read-only root, never root."""
-    rows = wait_healthy()
-    trainer = Path(VARS["chexstack_data_dir"]) / "trainer" / "compose.yaml"
-    # The trainer job is not running: its compose model is what `docker compose run` starts.
-    job = json.loads(docker("compose", "-f", str(trainer), "--profile", "job", "config", "--format", "json"))
-    configs = {"trainer": job["services"]["trainer"]}
-    for r in rows:
-        info = json.loads(docker("inspect", r["Name"]))[0]
-        host, config = info["HostConfig"], info["Config"]
-        configs[r["Name"]] = {
-            "cap_drop": host["CapDrop"],
-            "cap_add": host["CapAdd"],
-            "security_opt": host["SecurityOpt"],
-            "mem_limit": host["Memory"],
-            "pids_limit": host["PidsLimit"],
-            "read_only": host["ReadonlyRootfs"],
-            "privileged": host["Privileged"],
-            "user": config["User"] or "root (image default)",
-        }
-    for name, c in configs.items():
-        assert c["cap_drop"] == ["ALL"] and not c.get("cap_add"), (name, c)
-        assert c["security_opt"] == ["no-new-privileges:true"], (name, c)
-        assert int(c["mem_limit"]) > 0 and int(c["pids_limit"]) > 0, (name, c)
-        assert c["read_only"] is True and not c.get("privileged"), (name, c)
-    for name, c in configs.items():
-        if name != "trainer":
-            # Every image runs as chexstack_uid (USER in its Dockerfile, or serving's `user:`).
-            assert c["user"].split(":")[0] in ("10001", "chexstack"), (name, c)
-
-
-def test_tokens_are_secret_files_and_data_is_private(e2e_platform: Platform) -> None:
-    """Tokens reach containers as compose secrets, never as environment variables; data dirs 0750."""
-    read_token = hub_read_token()
-    tokens = {"jupyter": jupyter_token(), "hub": hub_token(), "hub read": read_token}
-    for r in containers():
-        env = json.loads(docker("inspect", "--format", "{{json .Config.Env}}", r["Name"]))
-        for name, token in tokens.items():
-            assert all(token not in variable for variable in env), (r["Name"], name)
-    assert SECRETS_DIR.stat().st_mode & 0o777 == 0o700
-    for token_file in (JUPYTER_TOKEN_FILE, HUB_TOKEN_FILE, HUB_READ_TOKEN_FILE):
-        st = token_file.stat()  # root, and the services' group
-        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 10001, 0o640), token_file
-    for private in (JUPYTER_WORK_DIR_ON_HOST, DATA_DIR / "data"):
-        st = private.stat()
-        assert (st.st_uid, st.st_mode & 0o777) == (10001, 0o750), private
-    for notebook in JUPYTER_WORK_DIR_ON_HOST.rglob("*.ipynb"):
-        assert notebook.stat().st_mode & 0o007 == 0, notebook
-    # A notebook user holds the hub's read token: it lists, but cannot change what serving serves.
-    probe = (
-        "import json\n"
-        "from chexstack.hub.client import HubClient, HubClientError\n"
-        "from chexstack.notebook.env import NotebookSettings\n"
-        "s = NotebookSettings.from_env()\n"
-        "client = HubClient(s.hub_url, token=s.hub_token, timeout_s=60)\n"
-        "jobs = len(client.jobs())\n"
-        "try:\n"
-        f"    client.rollback({VARS['chexstack_model_name']!r})\n"
-        "    status = 200\n"
-        "except HubClientError as exc:\n"
-        "    status = exc.status\n"
-        "print(json.dumps({'jobs': jobs, 'rollback': status, 'token': s.hub_token}))\n"
-    )
-    out = json.loads(docker("exec", jupyter_container(), "python", "-c", probe).strip().splitlines()[-1])
-    assert out["token"] == read_token != hub_token()
-    assert out["jobs"] > 0 and out["rollback"] == 403, {k: v for k, v in out.items() if k != "token"}
-    # TensorBoard answers only with one of the hub's tokens.
-    runs = f"{TENSORBOARD_URL}/data/runs"
-    with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(runs, timeout=30)
-    assert refused.value.code == 401
-    authorized = urllib.request.Request(runs, headers={"Authorization": f"Bearer {read_token}"})
-    with urllib.request.urlopen(authorized, timeout=30) as resp:
-        assert resp.status == 200 and isinstance(json.load(resp), list)
 
 
 def test_uploads_get_predictions_through_kafka(e2e_platform: Platform) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from chexstack.httpjson import HttpError, JsonHandler, JsonServer
+from tests.http_probes import raw_exchange, split_reply
 
 
 class EchoHandler(JsonHandler):
@@ -135,31 +136,11 @@ def test_errors_are_json_with_their_status(server: JsonServer) -> None:
     assert (resp.status, json.loads(resp.read())) == (400, {"error": "Content-Length is required"})
 
 
-def raw_exchange(port: int, data: bytes) -> bytes:
-    """Send bytes as they are and read until the server closes the connection."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        chunks = []
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def test_a_negative_content_length_is_refused_at_once(server: JsonServer) -> None:
     # Were it passed to read(), the server would wait for the connection to close: recv() would time out.
     answer = raw_exchange(server.port, b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
     assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400")
     assert b"bad Content-Length '-5'" in answer and b"Connection: close" in answer
-
-
-def split_reply(answer: bytes) -> tuple[int, dict[str, str], bytes]:
-    """One raw HTTP reply: status, headers (lower-case names), body (checked against Content-Length)."""
-    head, _, body = answer.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    assert status_line.startswith("HTTP/1."), answer[:200]
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
-    assert headers["content-length"] == str(len(body)), answer[:500]
-    return int(status_line.split()[1]), headers, body
 
 
 @pytest.mark.parametrize(
@@ -262,10 +243,9 @@ def test_a_one_request_per_connection_handler_closes_after_every_reply() -> None
 
 def test_a_body_shorter_than_its_content_length_is_a_400_not_a_request(server: JsonServer) -> None:
     # The client sends 5 of the 20 bytes it announced and ends its side: the handler must not run on them.
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nhello")
-        sock.shutdown(socket.SHUT_WR)
-        answer = b"".join(iter(lambda: sock.recv(65536), b""))
+    answer = raw_exchange(
+        server.port, b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 20\r\n\r\nhello", end_sending=True
+    )
     assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request"), answer
     assert b"request body of 5 bytes is shorter than its Content-Length 20" in answer
     assert b"Connection: close" in answer
