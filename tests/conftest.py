@@ -88,9 +88,9 @@ def e2e_platform() -> Iterator[platform_instance.Platform]:
     """The isolated platform instance (tests/e2e/platform-vars.yml), deployed once per pytest process.
 
     tests/e2e/test_platform.py, tests/security/ and tests/browser/ share this one deployment (`make e2e`
-    runs them in one process; a second deployment would cost about 15 minutes): the instance's containers, volumes and
-    files are removed, `make up` deploys it from scratch (images are the engine's cache), and everything
-    is removed again at the end of the session.
+    runs them in one process; a second deployment would cost about 15 minutes): the instance's
+    containers, volumes and files are removed, `make up` deploys it from scratch (images are the
+    engine's cache), and everything is removed again at the end of the session.
 
     Development: with CHEXSTACK_E2E_REUSE=1 a running instance whose containers are all healthy is reused
     as it is (`first_run` is then None); when none runs, `make up` deploys it without removing anything
