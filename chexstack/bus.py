@@ -18,6 +18,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 
+from chexstack.kafka_auth import READER_GROUP_PREFIX, client_security
+
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
@@ -26,9 +28,14 @@ class PublishError(RuntimeError):
     """A message was not acknowledged by the broker."""
 
 
+def client_config(bootstrap: str) -> dict[str, Any]:
+    """Where the brokers are and how to authenticate (chexstack.kafka_auth): every client starts here."""
+    return {"bootstrap.servers": bootstrap, **client_security()}
+
+
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         # Idempotent: retries never duplicate or reorder a message within a partition.
         "enable.idempotence": True,
         "acks": "all",
@@ -46,7 +53,7 @@ def make_producer(bootstrap: str, **extra: Any) -> Producer:
 
 def consumer_config(bootstrap: str, group: str, **extra: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
+        **client_config(bootstrap),
         "group.id": group,
         "enable.auto.commit": False,  # offsets are committed only after the output is acknowledged
         "auto.offset.reset": "earliest",
@@ -97,6 +104,9 @@ _NO_LEADER_YET = frozenset(
 )
 
 
+_DENIED = KafkaError.TOPIC_AUTHORIZATION_FAILED
+
+
 class ReadError(RuntimeError):
     """A topic cannot be read: the broker does not answer, the topic is missing, or a fatal error."""
 
@@ -136,9 +146,11 @@ class TopicReader:
         self.bootstrap = bootstrap
         self.names = [topics] if isinstance(topics, str) else list(topics)
         self.timeout_s = timeout_s
-        self.group = f"chexstack-{purpose}-{uuid.uuid4().hex[:12]}"
+        # A group name every user's ACLs allow (chexstack.kafka_auth.READER_GROUP_PREFIX).
+        self.group = f"{READER_GROUP_PREFIX}{purpose}-{uuid.uuid4().hex[:12]}"
         reader_cfg: dict[str, Any] = {"enable.partition.eof": True, "enable.auto.offset.store": False}
         self._consumer = make_consumer(bootstrap, self.group, **{**reader_cfg, **extra})
+        self._consumer_user = client_security().get("sasl.username", "")
         self._ends: dict[tuple[str, int], int] = {}
         self._pending: set[tuple[str, int]] = set()
         try:
@@ -158,6 +170,9 @@ class TopicReader:
         out = []
         for name in self.names:
             info = meta.topics.get(name)
+            if info is not None and info.error is not None and info.error.code() == _DENIED:
+                user = self._consumer_user or "an anonymous client"
+                raise ReadError(f"Kafka user {user} may not read topic {name} on {self.bootstrap} (no ACL)")
             if info is None or info.error is not None or not info.partitions:
                 reason = f" ({info.error})" if info is not None and info.error is not None else ""
                 raise TopicMissing(f"topic {name} does not exist on {self.bootstrap}{reason}")

@@ -56,6 +56,14 @@ def _root(
         level=os.environ.get("CHEXSTACK_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from chexstack.kafka_auth import client_security
+
+    # Kafka credentials are read by every client; a half-set pair fails here, once, naming both.
+    try:
+        client_security()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
 
 
 for module in (

@@ -75,9 +75,17 @@ def ensure_topics(
     *,
     prefix: str,
     timeout_s: float = 30.0,
+    security: dict[str, str] | None = None,
 ) -> list[str]:
-    """Create missing topics; returns the names created. Existing topics are left as they are."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    """Create missing topics; returns the names created. Existing topics are left as they are.
+
+    `security`: SASL settings (chexstack.kafka_auth.sasl_config); default: the caller's own.
+    """
+    from chexstack.bus import client_config
+
+    admin = AdminClient(
+        client_config(bootstrap) if security is None else {"bootstrap.servers": bootstrap, **security}
+    )
     existing = set(admin.list_topics(timeout=timeout_s).topics)
     new = [
         NewTopic(prefix + s.name, num_partitions=s.partitions, replication_factor=1, config=s.config)

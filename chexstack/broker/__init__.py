@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from chexstack import kafka_auth
 from chexstack.settings import default_cache, default_home
 
 POM = resources.files("chexstack.broker") / "pom.xml"
@@ -91,6 +92,7 @@ class Broker:
     data_dir: Path
     port: int = 9092
     host: str = "127.0.0.1"
+    auth: bool = False
 
     @property
     def controller_port(self) -> int:
@@ -108,6 +110,65 @@ class Broker:
     def log_file(self) -> Path:
         return self.data_dir / "broker.log"
 
+    @property
+    def users_dir(self) -> Path:
+        return self.data_dir / "users"
+
+    @property
+    def mode_file(self) -> Path:
+        return self.data_dir / "auth.mode"
+
+    def passwords(self) -> dict[str, str]:
+        """Every user's password (generated on first use); auth brokers only."""
+        return kafka_auth.load_or_create_passwords(self.users_dir)
+
+    def admin_config(self) -> dict[str, str]:
+        """librdkafka settings of the admin user ({} without auth)."""
+        if not self.auth:
+            return {}
+        return kafka_auth.sasl_config(kafka_auth.ADMIN, self.passwords()[kafka_auth.ADMIN])
+
+    def client_env(self, user: str) -> dict[str, str]:
+        """The environment a CheXStack client needs to connect as `user` ({} without auth)."""
+        if not self.auth:
+            return {}
+        self.passwords()
+        return {
+            "CHEXSTACK_KAFKA_USER": user,
+            "CHEXSTACK_KAFKA_PASSWORD_FILE": str(kafka_auth.password_file(self.users_dir, user)),
+        }
+
+    def _listener_properties(self) -> list[str]:
+        controller = f"CONTROLLER://{self.host}:{self.controller_port}"
+        if not self.auth:
+            return [
+                f"listeners=PLAINTEXT://{self.host}:{self.port},{controller}",
+                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+                "inter.broker.listener.name=PLAINTEXT",
+            ]
+        admin = kafka_auth.ADMIN
+        password = self.passwords()[admin]
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        return [
+            f"listeners=BROKER://{self.host}:{self.port},{controller}",
+            f"advertised.listeners=BROKER://{self.host}:{self.port}",
+            "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,BROKER:SASL_PLAINTEXT",
+            "inter.broker.listener.name=BROKER",
+            f"sasl.mechanism.inter.broker.protocol={kafka_auth.MECHANISM}",
+            "sasl.mechanism.controller.protocol=PLAIN",
+            f"listener.name.broker.sasl.enabled.mechanisms={kafka_auth.MECHANISM}",
+            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
+            f'listener.name.broker.scram-sha-512.sasl.jaas.config={scram} required username="{admin}" '
+            f'password="{password}";',
+            f'listener.name.controller.plain.sasl.jaas.config={plain} required username="{admin}" '
+            f'password="{password}" user_{admin}="{password}";',
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            f"super.users=User:{admin}",
+            "allow.everyone.if.no.acl.found=false",
+        ]
+
     def _properties(self) -> str:
         logs = self.data_dir / "logs"
         return "\n".join(
@@ -115,11 +176,8 @@ class Broker:
                 "process.roles=broker,controller",
                 "node.id=1",
                 f"controller.quorum.bootstrap.servers={self.host}:{self.controller_port}",
-                f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
-                f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                *self._listener_properties(),
                 "controller.listener.names=CONTROLLER",
-                "listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
-                "inter.broker.listener.name=PLAINTEXT",
                 f"log.dirs={logs}",
                 "offsets.topic.replication.factor=1",
                 "offsets.topic.num.partitions=6",
@@ -164,6 +222,7 @@ class Broker:
 
     def up(self, timeout_s: float = 90.0, heap: str = "512m", cache: Path | None = None) -> str:
         """Start the broker (no-op when it already runs); returns once it answers metadata requests."""
+        self._check_mode()
         if self.running_pid() is not None:
             self._wait_ready(timeout_s)
             return "already running"
@@ -172,7 +231,11 @@ class Broker:
         libs = fetch_jars(cache)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
-        props.write_text(self._properties())
+        # Holds the admin password with auth: readable by this user only, as the password files.
+        fd = os.open(props, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(self._properties())
         cluster_file = self.data_dir / "cluster.id"
         if not cluster_file.exists():
             cluster_file.write_text(new_cluster_id() + "\n")
@@ -192,6 +255,7 @@ class Broker:
                 "-c",
                 str(props),
                 "--ignore-formatted",
+                *self._format_scram(),
             ],
             capture_output=True,
             text=True,
@@ -200,6 +264,7 @@ class Broker:
             raise BrokerError(
                 f"formatting KRaft storage in {self.data_dir} failed:\n{fmt.stdout}{fmt.stderr}"
             )
+        self.mode_file.write_text(self._mode + "\n")
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 [
@@ -227,6 +292,30 @@ class Broker:
             raise
         return "started"
 
+    @property
+    def _mode(self) -> str:
+        return "sasl-scram" if self.auth else "plaintext"
+
+    def _check_mode(self) -> None:
+        """Refuse to run a data directory in the other mode than the one it was formatted in."""
+        try:
+            formatted = self.mode_file.read_text().strip()
+        except FileNotFoundError:
+            # Formatted before the marker existed (always PLAINTEXT), or not formatted yet.
+            formatted = "plaintext" if (self.data_dir / "logs" / "meta.properties").exists() else ""
+        if formatted and formatted != self._mode:
+            hint = "without --kafka-auth" if formatted == "plaintext" else "with --kafka-auth"
+            raise BrokerError(
+                f"the broker data in {self.data_dir} was formatted {hint}: start it {hint}, "
+                "or use another --kafka-data-dir"
+            )
+
+    def _format_scram(self) -> list[str]:
+        if not self.auth:
+            return []
+        admin = kafka_auth.ADMIN
+        return ["--add-scram", f"{kafka_auth.MECHANISM}=[name={admin},password={self.passwords()[admin]}]"]
+
     def _wait_ready(self, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
         from confluent_kafka.admin import AdminClient
 
@@ -238,7 +327,8 @@ class Broker:
                 )
             if self.accepts_connections():
                 try:
-                    md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=5)
+                    admin = AdminClient({"bootstrap.servers": self.bootstrap, **self.admin_config()})
+                    md = admin.list_topics(timeout=5)
                     if md.brokers:
                         return
                 except Exception:

@@ -39,10 +39,20 @@ RetentionMsOpt = Annotated[int, option("--retention-ms", "Retention of the xray.
 DEFAULT_RETENTION_MS: Final = 7 * 24 * 3600 * 1000
 
 
-def _broker(data_dir: Path | None, port: int) -> Broker:
+AuthOpt = Annotated[
+    bool,
+    option(
+        "--kafka-auth/--no-kafka-auth",
+        "SASL/SCRAM with a user per service and ACLs (passwords in <data dir>/users, 0600).",
+        alias="--auth",
+    ),
+]
+
+
+def _broker(data_dir: Path | None, port: int, auth: bool = False) -> Broker:
     from chexstack.broker import Broker, default_data_dir
 
-    return Broker(data_dir or default_data_dir(), port=port)
+    return Broker(data_dir or default_data_dir(), port=port, auth=auth)
 
 
 @kafka_app.command("up")
@@ -53,21 +63,36 @@ def up(
     partitions: PartitionsOpt = DEFAULT_PARTITIONS,
     retention_ms: RetentionMsOpt = DEFAULT_RETENTION_MS,
     topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
+    auth: AuthOpt = False,
 ) -> None:
-    """Start the broker in the background and create the topics; returns once it accepts connections."""
-    from chexstack.broker import BrokerError
-    from chexstack.topics import ensure_topics
+    """Start the broker in the background and create the topics; returns once it accepts connections.
 
-    broker = _broker(data_dir, port)
+    With --kafka-auth it also creates a SCRAM user per service and their ACLs (chexstack.kafka_auth)."""
+    from chexstack import kafka_auth
+    from chexstack.broker import BrokerError
+    from chexstack.topics import Topics, ensure_topics
+
+    broker = _broker(data_dir, port, auth)
     try:
         state = broker.up(heap=heap)
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    created = ensure_topics(broker.bootstrap, partitions, retention_ms, prefix=topic_prefix)
+    created = ensure_topics(
+        broker.bootstrap, partitions, retention_ms, prefix=topic_prefix, security=broker.admin_config()
+    )
     typer.echo(f"kafka {state} on {broker.bootstrap} (data in {broker.data_dir})")
     if created:
         typer.echo("created topics: " + ", ".join(created))
+    if auth:
+        passwords = broker.passwords()
+        kafka_auth.apply(broker.bootstrap, passwords[kafka_auth.ADMIN], passwords, Topics(topic_prefix))
+        typer.echo(
+            f"users {', '.join(kafka_auth.USERS)} and their ACLs are in place; passwords in "
+            f"{broker.users_dir}. Connect as a user with:"
+        )
+        env = broker.client_env(kafka_auth.ADMIN)
+        typer.echo("  export " + " ".join(f"{k}={v}" for k, v in env.items()))
 
 
 @kafka_app.command("down")
