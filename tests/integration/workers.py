@@ -62,11 +62,12 @@ class Workers:
     logdir: Path
     procs: list[Proc] = field(default_factory=list)
 
-    def start(self, command: str, *args: str) -> Proc:
+    def start(self, command: str, *args: str, env: dict[str, str] | None = None) -> Proc:
+        """Start `chexstack <command> <args>`; `env` adds to the shared environment (e.g. a Kafka user)."""
         n = sum(1 for p in self.procs if p.name.startswith(command))
         log = self.logdir / f"{command}-{n}.log"
         argv = [sys.executable, "-m", "chexstack", command, *args]
-        env = {**os.environ, **self.env}
+        env = {**os.environ, **self.env, **(env or {})}
         p = Proc(f"{command}-{n}", _spawn(argv, env, log), log, argv, env)
         self.procs.append(p)
         return p
