@@ -46,6 +46,16 @@ StallTimeoutOpt = Annotated[
     ),
 ]
 DEFAULT_STALL_TIMEOUT_S = 120.0
+TransactionTimeoutOpt = Annotated[
+    float,
+    option(
+        "--transaction-timeout-s",
+        "How long the broker keeps a worker's transaction open (a killed worker holds readers back "
+        "this long); a transactional call failing this long ends the worker.",
+        min=10.0,  # not below librdkafka's socket timeout the workers use (10 s)
+    ),
+]
+DEFAULT_TRANSACTION_TIMEOUT_S = 30.0
 
 
 def preprocess(
@@ -58,6 +68,7 @@ def preprocess(
     max_batch: Annotated[int, option("--preprocess-max-batch", "Messages per transaction.", min=1)] = 16,
     health_file: HealthFileOpt = None,
     stall_timeout_s: StallTimeoutOpt = DEFAULT_STALL_TIMEOUT_S,
+    transaction_timeout_s: TransactionTimeoutOpt = DEFAULT_TRANSACTION_TIMEOUT_S,
 ) -> None:
     """Consume xray.uploaded, write xray.preprocessed (224x224 uint8); bad input goes to xray.dlq."""
     from chexstack.blobstore import open_store
@@ -75,6 +86,7 @@ def preprocess(
         max_wait_s=0.05,  # not a setting: uploads arrive one at a time
         stall_timeout_s=stall_timeout_s,
         health_file=health_file,
+        transaction_timeout_s=transaction_timeout_s,
     )
     worker.install_signal_handlers()
     stats = worker.run()
@@ -106,6 +118,7 @@ def route(
     ] = 30.0,
     health_file: HealthFileOpt = None,
     stall_timeout_s: StallTimeoutOpt = DEFAULT_STALL_TIMEOUT_S,
+    transaction_timeout_s: TransactionTimeoutOpt = DEFAULT_TRANSACTION_TIMEOUT_S,
 ) -> None:
     """Consume xray.preprocessed, call TF Serving (gRPC), write xray.predictions."""
     from chexstack.ab import ControlFollower, parse_weights
@@ -132,6 +145,7 @@ def route(
         max_wait_s=max_wait_ms / 1000,
         stall_timeout_s=stall_timeout_s,
         health_file=health_file,
+        transaction_timeout_s=transaction_timeout_s,
     )
     worker.install_signal_handlers()
     try:

@@ -14,7 +14,7 @@ TXN_CALL_TIMEOUT_S (the loop beats between tries), then:
 - an error that requires an abort (the group moved on while the broker was away, a message could not be
   written) aborts the transaction and rewinds the consumer to the batch, which is processed again;
 - a fatal error, an error that is neither retriable nor abortable, and a transaction that has not
-  finished after TRANSACTION_TIMEOUT_S (the broker aborts it then) end the process with
+  finished after the transaction timeout (the broker aborts it then) end the process with
   TransactionFailed: the container's restart policy starts a fresh worker.
 Nothing is aborted unless the error says so: aborting a transaction whose commit is still under way
 desynchronises the producer. A loop that makes no progress for `stall_timeout_s` whatever the cause
@@ -47,11 +47,12 @@ from chexstack.messages import MAX_VALUE_BYTES, DeadLetter, now_ms
 
 log = logging.getLogger(__name__)
 
-# How long the broker lets a transaction stay open before aborting it. A worker killed mid-transaction
-# holds back every read_committed reader of the partitions it wrote to (and the offset fetch of whoever
-# takes over its input partitions) until then, plus up to 10 s (the broker's
-# transaction.abort.timed.out.transaction.cleanup.interval.ms); librdkafka's default is 60 s. A batch's
-# transaction is opened only after its handler ran, so it lasts as long as its produce and commit.
+# How long the broker lets a transaction stay open before aborting it (the default of
+# --transaction-timeout-s). A worker killed mid-transaction holds back every read_committed reader of the
+# partitions it wrote to (and the offset fetch of whoever takes over its input partitions) until then,
+# plus up to 10 s (the broker's transaction.abort.timed.out.transaction.cleanup.interval.ms); librdkafka's
+# default is 60 s. A batch's transaction is opened only after its handler ran, so it lasts as long as its
+# produce and commit.
 TRANSACTION_TIMEOUT_S = 30.0
 # Longest single wait in a transactional call; the loop beats between tries.
 TXN_CALL_TIMEOUT_S = 5.0
@@ -206,8 +207,10 @@ class BatchWorker:
         health_file: Path | None,
         retry_backoff_s: tuple[float, float] = (0.5, 10.0),
         dlq_topic: str | None = None,
+        transaction_timeout_s: float = TRANSACTION_TIMEOUT_S,
     ) -> None:
         self.name = name
+        self.transaction_timeout_s = transaction_timeout_s
         self.in_topic = in_topic
         self.handler = handler
         self.max_batch = max_batch
@@ -232,7 +235,7 @@ class BatchWorker:
                 bootstrap,
                 **{
                     "transactional.id": f"{group}-{uuid.uuid4().hex[:12]}",
-                    "transaction.timeout.ms": int(TRANSACTION_TIMEOUT_S * 1000),
+                    "transaction.timeout.ms": int(transaction_timeout_s * 1000),
                     "socket.timeout.ms": SOCKET_TIMEOUT_MS,
                     **CLIENT_CONFIG,
                 },
@@ -383,7 +386,7 @@ class BatchWorker:
         positions = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
         # Retried as is: librdkafka asks for the same offsets and group metadata on every try.
         group = self.consumer.consumer_group_metadata()
-        deadline = time.monotonic() + TRANSACTION_TIMEOUT_S
+        deadline = time.monotonic() + self.transaction_timeout_s
         try:
             self.producer.begin_transaction()
             for out in outputs:
@@ -424,7 +427,7 @@ class BatchWorker:
                     return False
                 if time.monotonic() >= deadline:
                     raise TransactionFailed(
-                        f"{call} still failing after {TRANSACTION_TIMEOUT_S:.0f} s, the transaction "
+                        f"{call} still failing after {self.transaction_timeout_s:.0f} s, the transaction "
                         f"timeout (last error: {err})"
                     ) from exc
                 log.warning("%s: %s: %s; trying again", self.name, call, err)
@@ -440,7 +443,7 @@ class BatchWorker:
             kind = "fatal error" if err is not None and err.fatal() else "error that allows no abort"
             raise TransactionFailed(f"{call}: {kind}: {exc}") from exc
         log.warning("%s: %s: %s; aborting, the batch will be processed again", self.name, call, err)
-        deadline = time.monotonic() + TRANSACTION_TIMEOUT_S
+        deadline = time.monotonic() + self.transaction_timeout_s
         while True:
             try:
                 self.producer.abort_transaction(TXN_CALL_TIMEOUT_S)
@@ -451,7 +454,7 @@ class BatchWorker:
                     raise TransactionFailed(f"abort_transaction: {abort_exc}") from abort_exc
                 if time.monotonic() >= deadline:
                     raise TransactionFailed(
-                        f"abort_transaction still failing after {TRANSACTION_TIMEOUT_S:.0f} s "
+                        f"abort_transaction still failing after {self.transaction_timeout_s:.0f} s "
                         f"(last error: {abort_err})"
                     ) from abort_exc
                 log.warning("%s: abort_transaction: %s; trying again", self.name, abort_err)

@@ -72,6 +72,7 @@ def make_worker(
     max_wait_s: float,
     stall_timeout_s: float,
     health_file: Path | None,
+    transaction_timeout_s: float,
 ) -> BatchWorker:
     return BatchWorker(
         name=WORKER,
@@ -84,4 +85,5 @@ def make_worker(
         stall_timeout_s=stall_timeout_s,
         health_file=health_file,
         dlq_topic=topics.dlq,
+        transaction_timeout_s=transaction_timeout_s,
     )

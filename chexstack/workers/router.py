@@ -147,6 +147,7 @@ def make_worker(
     max_wait_s: float,
     stall_timeout_s: float,
     health_file: Path | None,
+    transaction_timeout_s: float,
 ) -> BatchWorker:
     worker = BatchWorker(
         name=WORKER,
@@ -159,6 +160,7 @@ def make_worker(
         stall_timeout_s=stall_timeout_s,
         health_file=health_file,
         dlq_topic=router.topics.dlq,
+        transaction_timeout_s=transaction_timeout_s,
     )
     router.progress = worker.beat
     return worker

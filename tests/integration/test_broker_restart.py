@@ -189,7 +189,7 @@ def test_a_worker_whose_transaction_cannot_finish_exits_and_nothing_is_lost(
     env = env_for(broker, topics, store_dir, server.grpc_target)
     with running_workers(env, tmp_path) as w:
         pre = w.start("preprocess")
-        route = w.start("route", "--serving-timeout-s", "600")
+        route = w.start("route", "--serving-timeout-s", "600", "--transaction-timeout-s", "10")
         w.wait_assigned([pre, route])
         assert server.proc is not None
         # Serving frozen: the router takes the batch and waits for serving; the broker hangs; serving
