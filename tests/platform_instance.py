@@ -167,13 +167,16 @@ def hub_api(path: str, token: str | None) -> tuple[int, dict[str, Any]]:
         return exc.code, json.load(exc)
 
 
-def jupyter_container() -> str:
-    """Name of the running JupyterLab container of the instance."""
-    out = docker("compose", "-p", VARS["jupyter_project_name"], "ps", "--format", "json", "jupyter")
-    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
-    assert len(rows) == 1 and rows[0]["State"] == "running", rows
+def service_container(service: str) -> str:
+    """Name of the one container of `service` (e.g. "hub", "jupyter") in the instance, in any state."""
+    rows = [r for r in containers() if r["Service"] == service]
+    assert len(rows) == 1, f"{service}: {rows}"
     name: str = rows[0]["Name"]
     return name
+
+
+def jupyter_container() -> str:
+    return service_container("jupyter")
 
 
 def python_image() -> str:

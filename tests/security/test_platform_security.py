@@ -52,6 +52,7 @@ from tests.platform_instance import (
     jupyter_container,
     jupyter_token,
     python_image,
+    service_container,
     upload_in_container,
     wait_healthy,
 )
@@ -152,11 +153,6 @@ def json_reply(port: int, data: bytes, *, end_sending: bool = False) -> tuple[in
     return status, headers, error
 
 
-def container_of(service: str) -> str:
-    (name,) = [r["Name"] for r in containers() if r["Service"] == service]
-    return str(name)
-
-
 def test_http_servers_bound_what_a_client_can_make_them_hold(e2e_platform: Platform) -> None:
     admin = hub_token()
     # Connections that never finish their request: the servers drop them after their read timeout
@@ -206,7 +202,7 @@ def test_http_servers_bound_what_a_client_can_make_them_hold(e2e_platform: Platf
     # A query string (a token or patient data pasted into a URL) never reaches the access log.
     marker = uuid.uuid4().hex
     assert hub_api(f"/v1/jobs?kind=train&probe={marker}", admin)[0] == 200
-    hub_log = container_logs(container_of("hub"))
+    hub_log = container_logs(service_container("hub"))
     assert "GET /v1/jobs" in hub_log and marker not in hub_log
 
     for sock in idle:
@@ -217,7 +213,7 @@ def test_http_servers_bound_what_a_client_can_make_them_hold(e2e_platform: Platf
 
 
 def restarts(service: str) -> tuple[int, str]:
-    state = json.loads(docker("inspect", "--format", "{{json .}}", container_of(service)))
+    state = json.loads(docker("inspect", "--format", "{{json .}}", service_container(service)))
     return state["RestartCount"], state["State"]["StartedAt"]
 
 
@@ -225,7 +221,7 @@ def test_poison_messages_are_dead_letters_and_the_workers_go_on(e2e_platform: Pl
     topics = Topics(TOPIC_PREFIX)
     run = uuid.uuid4().hex[:8]
     workers_before = {s: restarts(s) for s in ("preprocess", "router")}
-    router = container_of("router")
+    router = service_container("router")
     ignored_before = container_logs(router).count("control topic: ignoring")
     producer = make_producer(KAFKA)
     key = AbConfig.key_for(MODEL)
