@@ -49,10 +49,14 @@ from chexstack.commands.kafka import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS  #
 from chexstack.deid import load_or_create_key  # noqa: E402
 from chexstack.ingest import Uploader  # noqa: E402
 from chexstack.messages import Prediction, decode  # noqa: E402
-from chexstack.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Limits  # noqa: E402
+from chexstack.settings import (  # noqa: E402
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    DEFAULT_TRANSACTION_TIMEOUT_S,
+    Limits,
+)
 from chexstack.synth import make_png, render_radiograph  # noqa: E402
 from chexstack.topics import Topics, ensure_topics  # noqa: E402
-from chexstack.workers.base import TRANSACTION_TIMEOUT_S  # noqa: E402
 
 
 class Follower(threading.Thread):
@@ -236,7 +240,7 @@ def main() -> None:
     )
     ns = ap.parse_args()
     if ns.killed_transaction:
-        killed_transaction_hold([TRANSACTION_TIMEOUT_S, 60.0])  # 60 s: librdkafka's default
+        killed_transaction_hold([DEFAULT_TRANSACTION_TIMEOUT_S, 60.0])  # 60 s: librdkafka's default
         return
 
     work = Path(tempfile.mkdtemp(prefix="chexstack-recovery-"))

@@ -150,7 +150,6 @@ class TopicReader:
         self.group = f"{READER_GROUP_PREFIX}{purpose}-{uuid.uuid4().hex[:12]}"
         reader_cfg: dict[str, Any] = {"enable.partition.eof": True, "enable.auto.offset.store": False}
         self._consumer = make_consumer(bootstrap, self.group, **{**reader_cfg, **extra})
-        self._consumer_user = client_security().get("sasl.username", "")
         self._ends: dict[tuple[str, int], int] = {}
         self._pending: set[tuple[str, int]] = set()
         try:
@@ -171,7 +170,7 @@ class TopicReader:
         for name in self.names:
             info = meta.topics.get(name)
             if info is not None and info.error is not None and info.error.code() == _DENIED:
-                user = self._consumer_user or "an anonymous client"
+                user = client_security().get("sasl.username") or "an anonymous client"
                 raise ReadError(f"Kafka user {user} may not read topic {name} on {self.bootstrap} (no ACL)")
             if info is None or info.error is not None or not info.partitions:
                 reason = f" ({info.error})" if info is not None and info.error is not None else ""

@@ -20,6 +20,10 @@ from chexstack.topics import Topics
 
 MECHANISM: Final = "SCRAM-SHA-512"
 ADMIN: Final = "admin"
+# The admin logs in with PLAIN against the broker's own JAAS configuration, not SCRAM: its credential is
+# not in the KRaft metadata, so a broker whose data predates authentication needs no reformatting and
+# the admin can create every other user's SCRAM credentials.
+ADMIN_MECHANISM: Final = "PLAIN"
 # The services' users; `admin` is the broker's super user, for topics, users and ACLs only.
 SERVICES: Final = ("preprocess", "router", "ingest", "hub")
 USERS: Final = (ADMIN, *SERVICES)
@@ -27,11 +31,15 @@ USERS: Final = (ADMIN, *SERVICES)
 READER_GROUP_PREFIX: Final = "chexstack-reader-"
 
 
+def mechanism(user: str) -> str:
+    return ADMIN_MECHANISM if user == ADMIN else MECHANISM
+
+
 def sasl_config(user: str, password: str) -> dict[str, str]:
-    """librdkafka settings for SASL/SCRAM over the loopback or a private network (no TLS)."""
+    """librdkafka settings for SASL over the loopback or a private network (no TLS)."""
     return {
         "security.protocol": "SASL_PLAINTEXT",
-        "sasl.mechanism": MECHANISM,
+        "sasl.mechanism": mechanism(user),
         "sasl.username": user,
         "sasl.password": password,
     }
@@ -61,22 +69,32 @@ def password_file(directory: Path, user: str) -> Path:
     return directory / f"{user}.password"
 
 
+def read_passwords(directory: Path, users: tuple[str, ...] = USERS) -> dict[str, str]:
+    """Each user's password from `directory`/<user>.password; a missing or empty file is an error."""
+    out = {}
+    for user in users:
+        path = password_file(directory, user)
+        try:
+            value = path.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read the password of Kafka user {user}: {exc}") from exc
+        if not value:
+            raise ValueError(f"{path} is empty: delete it to generate a new password")
+        out[user] = value
+    return out
+
+
 def load_or_create_passwords(directory: Path, users: tuple[str, ...] = USERS) -> dict[str, str]:
     """Each user's password from `directory`, generating the missing ones (dir 0700, files 0600)."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
-    out = {}
     for user in users:
         path = password_file(directory, user)
         if not path.exists():
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(32) + "\n")
-        value = path.read_text().strip()
-        if not value:
-            raise ValueError(f"{path} is empty: delete it to generate a new password")
-        out[user] = value
-    return out
+    return read_passwords(directory, users)
 
 
 @dataclass(frozen=True)

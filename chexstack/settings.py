@@ -120,6 +120,13 @@ TopicPrefixOpt = Annotated[
     str, option("--topic-prefix", "Prefix for every topic name (isolates tenants and test runs).")
 ]
 DEFAULT_TOPIC_PREFIX: Final = ""
+# How long the broker lets a transaction stay open before aborting it (the default of
+# --transaction-timeout-s). A worker killed mid-transaction holds back every read_committed reader of the
+# partitions it wrote to (and the offset fetch of whoever takes over its input partitions) until then,
+# plus up to 10 s (the broker's transaction.abort.timed.out.transaction.cleanup.interval.ms); librdkafka's
+# default is 60 s. A batch's transaction is opened only after its handler ran, so it lasts as long as its
+# produce and commit.
+DEFAULT_TRANSACTION_TIMEOUT_S: Final = 30.0
 GroupOpt = Annotated[str | None, option("--group", "Kafka consumer group (default: chexstack-<worker>).")]
 JsonOpt = Annotated[bool, option("--json", "Print JSON.", env=False)]
 # Training and the model information hub.

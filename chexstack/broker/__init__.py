@@ -114,10 +114,6 @@ class Broker:
     def users_dir(self) -> Path:
         return self.data_dir / "users"
 
-    @property
-    def mode_file(self) -> Path:
-        return self.data_dir / "auth.mode"
-
     def passwords(self) -> dict[str, str]:
         """Every user's password (generated on first use); auth brokers only."""
         return kafka_auth.load_or_create_passwords(self.users_dir)
@@ -149,21 +145,24 @@ class Broker:
             ]
         admin = kafka_auth.ADMIN
         password = self.passwords()[admin]
-        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
-        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain = (
+            "org.apache.kafka.common.security.plain.PlainLoginModule required "
+            f'username="{admin}" password="{password}" user_{admin}="{password}";'
+        )
+        # The services log in with SCRAM (credentials in the KRaft metadata), the admin with PLAIN.
         return [
             f"listeners=BROKER://{self.host}:{self.port},{controller}",
             f"advertised.listeners=BROKER://{self.host}:{self.port}",
             "listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,BROKER:SASL_PLAINTEXT",
             "inter.broker.listener.name=BROKER",
-            f"sasl.mechanism.inter.broker.protocol={kafka_auth.MECHANISM}",
-            "sasl.mechanism.controller.protocol=PLAIN",
-            f"listener.name.broker.sasl.enabled.mechanisms={kafka_auth.MECHANISM}",
-            "listener.name.controller.sasl.enabled.mechanisms=PLAIN",
-            f'listener.name.broker.scram-sha-512.sasl.jaas.config={scram} required username="{admin}" '
-            f'password="{password}";',
-            f'listener.name.controller.plain.sasl.jaas.config={plain} required username="{admin}" '
-            f'password="{password}" user_{admin}="{password}";',
+            f"sasl.mechanism.inter.broker.protocol={kafka_auth.ADMIN_MECHANISM}",
+            f"sasl.mechanism.controller.protocol={kafka_auth.ADMIN_MECHANISM}",
+            f"listener.name.broker.sasl.enabled.mechanisms={kafka_auth.ADMIN_MECHANISM},{kafka_auth.MECHANISM}",
+            f"listener.name.controller.sasl.enabled.mechanisms={kafka_auth.ADMIN_MECHANISM}",
+            f"listener.name.broker.plain.sasl.jaas.config={plain}",
+            "listener.name.broker.scram-sha-512.sasl.jaas.config="
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            f"listener.name.controller.plain.sasl.jaas.config={plain}",
             "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
             f"super.users=User:{admin}",
             "allow.everyone.if.no.acl.found=false",
@@ -222,7 +221,6 @@ class Broker:
 
     def up(self, timeout_s: float = 90.0, heap: str = "512m", cache: Path | None = None) -> str:
         """Start the broker (no-op when it already runs); returns once it answers metadata requests."""
-        self._check_mode()
         if self.running_pid() is not None:
             self._wait_ready(timeout_s)
             return "already running"
@@ -255,7 +253,6 @@ class Broker:
                 "-c",
                 str(props),
                 "--ignore-formatted",
-                *self._format_scram(),
             ],
             capture_output=True,
             text=True,
@@ -264,7 +261,6 @@ class Broker:
             raise BrokerError(
                 f"formatting KRaft storage in {self.data_dir} failed:\n{fmt.stdout}{fmt.stderr}"
             )
-        self.mode_file.write_text(self._mode + "\n")
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen(
                 [
@@ -292,33 +288,10 @@ class Broker:
             raise
         return "started"
 
-    @property
-    def _mode(self) -> str:
-        return "sasl-scram" if self.auth else "plaintext"
-
-    def _check_mode(self) -> None:
-        """Refuse to run a data directory in the other mode than the one it was formatted in."""
-        try:
-            formatted = self.mode_file.read_text().strip()
-        except FileNotFoundError:
-            # Formatted before the marker existed (always PLAINTEXT), or not formatted yet.
-            formatted = "plaintext" if (self.data_dir / "logs" / "meta.properties").exists() else ""
-        if formatted and formatted != self._mode:
-            hint = "without --kafka-auth" if formatted == "plaintext" else "with --kafka-auth"
-            raise BrokerError(
-                f"the broker data in {self.data_dir} was formatted {hint}: start it {hint}, "
-                "or use another --kafka-data-dir"
-            )
-
-    def _format_scram(self) -> list[str]:
-        if not self.auth:
-            return []
-        admin = kafka_auth.ADMIN
-        return ["--add-scram", f"{kafka_auth.MECHANISM}=[name={admin},password={self.passwords()[admin]}]"]
-
     def _wait_ready(self, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
         from confluent_kafka.admin import AdminClient
 
+        config = {"bootstrap.servers": self.bootstrap, **self.admin_config()}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:
@@ -327,7 +300,7 @@ class Broker:
                 )
             if self.accepts_connections():
                 try:
-                    admin = AdminClient({"bootstrap.servers": self.bootstrap, **self.admin_config()})
+                    admin = AdminClient(config)
                     md = admin.list_topics(timeout=5)
                     if md.brokers:
                         return

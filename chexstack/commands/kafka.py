@@ -78,9 +78,8 @@ def up(
     except BrokerError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    created = ensure_topics(
-        broker.bootstrap, partitions, retention_ms, prefix=topic_prefix, security=broker.admin_config()
-    )
+    admin = broker.admin_config()
+    created = ensure_topics(broker.bootstrap, partitions, retention_ms, prefix=topic_prefix, security=admin)
     typer.echo(f"kafka {state} on {broker.bootstrap} (data in {broker.data_dir})")
     if created:
         typer.echo("created topics: " + ", ".join(created))
@@ -111,18 +110,43 @@ def status(data_dir: DataDirOpt = None, port: PortOpt = DEFAULT_PORT) -> None:
     raise typer.Exit(0 if ok else 1)
 
 
+UsersDirOpt = Annotated[
+    Path | None,
+    option(
+        "--users-dir",
+        "Directory of <user>.password files (admin and each service): connect as admin and also set "
+        "the services' SCRAM credentials and ACLs.",
+    ),
+]
+
+
 @kafka_app.command("topics")
 def topics_cmd(
     kafka: KafkaOpt = DEFAULT_KAFKA,
     partitions: PartitionsOpt = DEFAULT_PARTITIONS,
     retention_ms: RetentionMsOpt = DEFAULT_RETENTION_MS,
     topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
+    users_dir: UsersDirOpt = None,
 ) -> None:
-    """Create the CheXStack topics on any broker (existing topics are left unchanged)."""
-    from chexstack.topics import ensure_topics
+    """Create the CheXStack topics on any broker (existing topics are left unchanged).
 
-    created = ensure_topics(kafka, partitions, retention_ms, prefix=topic_prefix)
+    With --users-dir (the platform's kafka role) also upsert the services' users and their ACLs."""
+    from chexstack import kafka_auth
+    from chexstack.topics import Topics, ensure_topics
+
+    passwords = None
+    if users_dir is not None:
+        try:
+            passwords = kafka_auth.read_passwords(users_dir)
+        except ValueError as exc:
+            typer.echo(f"error: --users-dir {users_dir}: {exc}", err=True)
+            raise typer.Exit(2) from exc
+    admin = passwords and kafka_auth.sasl_config(kafka_auth.ADMIN, passwords[kafka_auth.ADMIN])
+    created = ensure_topics(kafka, partitions, retention_ms, prefix=topic_prefix, security=admin or None)
     typer.echo("created topics: " + (", ".join(created) if created else "none (all exist)"))
+    if passwords:
+        kafka_auth.apply(kafka, passwords[kafka_auth.ADMIN], passwords, Topics(topic_prefix))
+        typer.echo(f"users {', '.join(kafka_auth.SERVICES)} and their ACLs are in place")
 
 
 def register(app: typer.Typer) -> None:

@@ -15,6 +15,7 @@ from chexstack.settings import (
     DEFAULT_MODEL_NAME,
     DEFAULT_SERVING,
     DEFAULT_TOPIC_PREFIX,
+    DEFAULT_TRANSACTION_TIMEOUT_S,
     GroupOpt,
     KafkaOpt,
     MaxBytesOpt,
@@ -55,7 +56,6 @@ TransactionTimeoutOpt = Annotated[
         min=10.0,  # not below librdkafka's socket timeout the workers use (10 s)
     ),
 ]
-DEFAULT_TRANSACTION_TIMEOUT_S = 30.0
 
 
 def preprocess(

@@ -44,16 +44,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from chexstack.bus import make_consumer, producer_config
 from chexstack.messages import MAX_VALUE_BYTES, DeadLetter, now_ms
+from chexstack.settings import DEFAULT_TRANSACTION_TIMEOUT_S
 
 log = logging.getLogger(__name__)
 
-# How long the broker lets a transaction stay open before aborting it (the default of
-# --transaction-timeout-s). A worker killed mid-transaction holds back every read_committed reader of the
-# partitions it wrote to (and the offset fetch of whoever takes over its input partitions) until then,
-# plus up to 10 s (the broker's transaction.abort.timed.out.transaction.cleanup.interval.ms); librdkafka's
-# default is 60 s. A batch's transaction is opened only after its handler ran, so it lasts as long as its
-# produce and commit.
-TRANSACTION_TIMEOUT_S = 30.0
 # Longest single wait in a transactional call; the loop beats between tries.
 TXN_CALL_TIMEOUT_S = 5.0
 # Bounds how long a request waits for the broker (librdkafka's default is transaction.timeout.ms):
@@ -207,7 +201,7 @@ class BatchWorker:
         health_file: Path | None,
         retry_backoff_s: tuple[float, float] = (0.5, 10.0),
         dlq_topic: str | None = None,
-        transaction_timeout_s: float = TRANSACTION_TIMEOUT_S,
+        transaction_timeout_s: float = DEFAULT_TRANSACTION_TIMEOUT_S,
     ) -> None:
         self.name = name
         self.transaction_timeout_s = transaction_timeout_s

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from chexstack import kafka_auth
-from chexstack.broker import Broker, BrokerError
+from chexstack.broker import Broker
 from chexstack.cli import app
 from chexstack.kafka_auth import Acl, client_security, load_or_create_passwords, service_acls
 from chexstack.topics import Topics
@@ -31,6 +31,8 @@ def test_no_user_is_plaintext_and_a_user_gets_scram(tmp_path: Path) -> None:
     secret_file.write_text("from-a-file\n")
     env = {"CHEXSTACK_KAFKA_USER": "router", "CHEXSTACK_KAFKA_PASSWORD_FILE": str(secret_file)}
     assert client_security(env)["sasl.password"] == "from-a-file"
+    admin = client_security({"CHEXSTACK_KAFKA_USER": "admin", "CHEXSTACK_KAFKA_PASSWORD": "a"})
+    assert admin["sasl.mechanism"] == "PLAIN"
 
 
 @pytest.mark.parametrize(
@@ -65,6 +67,9 @@ def test_passwords_are_generated_once_private_and_distinct(tmp_path: Path) -> No
     kafka_auth.password_file(users, "hub").write_text("")
     with pytest.raises(ValueError, match=r"hub\.password is empty"):
         load_or_create_passwords(users)
+    kafka_auth.password_file(users, "hub").unlink()
+    with pytest.raises(ValueError, match=r"cannot read the password of Kafka user hub: .*hub\.password"):
+        kafka_auth.read_passwords(users)
 
 
 def rights(acls: list[Acl], user: str) -> set[tuple[str, str, str]]:
@@ -124,10 +129,13 @@ def test_the_auth_broker_listens_for_sasl_only_and_denies_by_default(tmp_path: P
     assert "PLAINTEXT:" not in props["listener.security.protocol.map"]
     assert props["allow.everyone.if.no.acl.found"] == "false"
     assert props["super.users"] == "User:admin"
-    assert props["listener.name.broker.sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    # The services with SCRAM; the admin, known only to the broker's JAAS config, with PLAIN.
+    assert props["listener.name.broker.sasl.enabled.mechanisms"] == "PLAIN,SCRAM-SHA-512"
+    assert props["listener.name.controller.sasl.enabled.mechanisms"] == "PLAIN"
     admin_password = broker.passwords()["admin"]
-    assert f'password="{admin_password}"' in props["listener.name.broker.scram-sha-512.sasl.jaas.config"]
-    assert broker._format_scram() == ["--add-scram", f"SCRAM-SHA-512=[name=admin,password={admin_password}]"]
+    assert f'user_admin="{admin_password}"' in props["listener.name.broker.plain.sasl.jaas.config"]
+    assert "password" not in props["listener.name.broker.scram-sha-512.sasl.jaas.config"]
+    assert broker.admin_config()["sasl.mechanism"] == "PLAIN"
     assert broker.client_env("ingest") == {
         "CHEXSTACK_KAFKA_USER": "ingest",
         "CHEXSTACK_KAFKA_PASSWORD_FILE": str(tmp_path / "kafka" / "users" / "ingest.password"),
@@ -135,21 +143,3 @@ def test_the_auth_broker_listens_for_sasl_only_and_denies_by_default(tmp_path: P
     plain = Broker(tmp_path / "plain", port=19092)
     assert plain.admin_config() == {} and plain.client_env("ingest") == {}
     assert "authorizer" not in plain._properties()
-
-
-@pytest.mark.parametrize(("formatted", "auth"), [("plaintext", True), ("sasl-scram", False)])
-def test_a_data_directory_keeps_the_mode_it_was_formatted_in(
-    tmp_path: Path, formatted: str, auth: bool
-) -> None:
-    data = tmp_path / "kafka"
-    data.mkdir()
-    (data / "auth.mode").write_text(formatted + "\n")
-    with pytest.raises(BrokerError, match=r"was formatted (with|without) --kafka-auth"):
-        Broker(data, port=19092, auth=auth).up(timeout_s=1)
-
-
-def test_a_data_directory_from_before_the_marker_counts_as_plaintext(tmp_path: Path) -> None:
-    (tmp_path / "logs").mkdir()
-    (tmp_path / "logs" / "meta.properties").write_text("node.id=1\n")
-    with pytest.raises(BrokerError, match="formatted without --kafka-auth"):
-        Broker(tmp_path, port=19092, auth=True).up(timeout_s=1)
