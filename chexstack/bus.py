@@ -107,6 +107,18 @@ _NO_LEADER_YET = frozenset(
 _DENIED = KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
+def no_answer(bootstrap: str, exc: BaseException) -> str:
+    """Why a metadata request failed, with the likely fix when this client has no Kafka user."""
+    hint = ""
+    if not client_security():
+        # An authenticating broker drops a client that skips SASL: librdkafka sees a transport failure.
+        hint = (
+            " (if the broker requires authentication, set CHEXSTACK_KAFKA_USER and "
+            "CHEXSTACK_KAFKA_PASSWORD_FILE)"
+        )
+    return f"no answer from Kafka at {bootstrap}: {exc}{hint}"
+
+
 class ReadError(RuntimeError):
     """A topic cannot be read: the broker does not answer, the topic is missing, or a fatal error."""
 
@@ -165,7 +177,7 @@ class TopicReader:
             else:
                 meta = self._consumer.list_topics(timeout=self.timeout_s)
         except KafkaException as exc:
-            raise ReadError(f"no answer from Kafka at {self.bootstrap}: {exc}") from exc
+            raise ReadError(no_answer(self.bootstrap, exc)) from exc
         out = []
         for name in self.names:
             info = meta.topics.get(name)

@@ -84,4 +84,11 @@ for module in (
 
 
 def main() -> None:
-    app()
+    from chexstack.bus import ReadError
+
+    # A broker that cannot be read is the user's to fix (address, credentials): no traceback.
+    try:
+        app()
+    except ReadError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from exc

@@ -25,7 +25,7 @@ ADMIN: Final = "admin"
 # the admin can create every other user's SCRAM credentials.
 ADMIN_MECHANISM: Final = "PLAIN"
 # The services' users; `admin` is the broker's super user, for topics, users and ACLs only.
-SERVICES: Final = ("preprocess", "router", "ingest", "hub")
+SERVICES: Final = ("preprocess", "router", "ingest", "hub", "notebook")
 USERS: Final = (ADMIN, *SERVICES)
 # Every TopicReader's throwaway group starts with this (chexstack.bus): readers of any user may use them.
 READER_GROUP_PREFIX: Final = "chexstack-reader-"
@@ -129,6 +129,12 @@ def service_acls(topics: Topics) -> list[Acl]:
         Acl("ingest", "topic", topics.uploaded, "write"),
         Acl("ingest", "topic", topics.predictions, "read"),
         Acl("ingest", "topic", topics.dlq, "read"),
+        # notebook (JupyterLab): uploads, and follows them through the pipeline (the result cards show
+        # the preprocessed thumbnail); never forges predictions or A/B weights
+        Acl("notebook", "topic", topics.uploaded, "write"),
+        Acl("notebook", "topic", topics.preprocessed, "read"),
+        Acl("notebook", "topic", topics.predictions, "read"),
+        Acl("notebook", "topic", topics.dlq, "read"),
         # hub (and `chexstack ab set`): the A/B weights
         Acl("hub", "topic", topics.control, "read"),
         Acl("hub", "topic", topics.control, "write"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 UPLOADED: Final = "xray.uploaded"
@@ -81,12 +82,15 @@ def ensure_topics(
 
     `security`: SASL settings (chexstack.kafka_auth.sasl_config); default: the caller's own.
     """
-    from chexstack.bus import client_config
+    from chexstack.bus import ReadError, client_config, no_answer
 
     admin = AdminClient(
         client_config(bootstrap) if security is None else {"bootstrap.servers": bootstrap, **security}
     )
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise ReadError(no_answer(bootstrap, exc)) from exc
     new = [
         NewTopic(prefix + s.name, num_partitions=s.partitions, replication_factor=1, config=s.config)
         for s in specs(partitions, retention_ms)

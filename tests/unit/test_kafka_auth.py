@@ -9,6 +9,7 @@ import stat
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from chexstack import kafka_auth
@@ -16,6 +17,8 @@ from chexstack.broker import Broker
 from chexstack.cli import app
 from chexstack.kafka_auth import Acl, client_security, load_or_create_passwords, service_acls
 from chexstack.topics import Topics
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_no_user_is_plaintext_and_a_user_gets_scram(tmp_path: Path) -> None:
@@ -101,6 +104,12 @@ def test_each_service_may_do_only_what_it_needs() -> None:
         ("topic", "read", "p.chexstack.control"),
         ("topic", "write", "p.chexstack.control"),
     }
+    assert rights(acls, "notebook") == {
+        ("topic", "write", "p.xray.uploaded"),
+        ("topic", "read", "p.xray.preprocessed"),
+        ("topic", "read", "p.xray.predictions"),
+        ("topic", "read", "p.xray.dlq"),
+    }
     prefixed = {(a.user, a.resource, a.name) for a in acls if a.prefixed}
     assert prefixed == {
         ("preprocess", "transactional_id", "p.chexstack-preprocess-"),
@@ -143,3 +152,8 @@ def test_the_auth_broker_listens_for_sasl_only_and_denies_by_default(tmp_path: P
     plain = Broker(tmp_path / "plain", port=19092)
     assert plain.admin_config() == {} and plain.client_env("ingest") == {}
     assert "authorizer" not in plain._properties()
+
+
+def test_the_kafka_role_generates_a_password_for_every_user() -> None:
+    role_vars = yaml.safe_load((ROOT / "roles" / "kafka" / "vars" / "main.yml").read_text())
+    assert role_vars["kafka_users"] == list(kafka_auth.USERS)
