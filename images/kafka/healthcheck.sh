@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Healthcheck of chexstack/kafka: send a Kafka ApiVersions (v0) request to the broker's PLAINTEXT
-# listener with bash's /dev/tcp and expect a reply with our correlation id and error code 0.
+# Healthcheck of chexstack/kafka: send a Kafka ApiVersions (v0) request to the broker's client listener
+# with bash's /dev/tcp and expect a reply with our correlation id and error code 0. A SASL listener
+# answers ApiVersions before authentication, so no credentials are needed.
 # The address is KAFKA_HEALTHCHECK_ADDRESS (host:port), else the first non-controller listener.
 set -euo pipefail
 addr="${KAFKA_HEALTHCHECK_ADDRESS:-}"
