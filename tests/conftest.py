@@ -99,13 +99,23 @@ def e2e_platform() -> Iterator[platform_instance.Platform]:
     `make up ARGS="-e @tests/e2e/platform-vars.yml -e chexstack_image_source=bootstrap"`. CI never sets it.
     """
     reuse = os.environ.get("CHEXSTACK_E2E_REUSE", "") == "1"
+    # The tests' own Kafka clients (read_predictions, probes) log in as the admin once the instance
+    # exists; a probe that needs a service's rights asks for that user (platform_instance.kafka_env).
+    admin = platform_instance.kafka_env("admin")
     if reuse and platform_instance.healthy(platform_instance.containers()):
-        yield platform_instance.Platform(first_run=None, reused=True)
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in admin.items():
+                mp.setenv(name, value)
+            yield platform_instance.Platform(first_run=None, reused=True)
         return
     if not reuse:
         platform_instance.remove_instance()  # from scratch
     try:
-        yield platform_instance.Platform(first_run=platform_instance.make("up"), reused=reuse)
+        first_run = platform_instance.make("up")
+        with pytest.MonkeyPatch.context() as mp:
+            for name, value in admin.items():
+                mp.setenv(name, value)
+            yield platform_instance.Platform(first_run=first_run, reused=reuse)
     finally:
         if not reuse:
             platform_instance.remove_instance()

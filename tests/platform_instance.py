@@ -48,6 +48,7 @@ SECRETS_DIR = DATA_DIR / "secrets"
 JUPYTER_TOKEN_FILE = SECRETS_DIR / "jupyter-token"
 HUB_TOKEN_FILE = SECRETS_DIR / "hub-token"
 HUB_READ_TOKEN_FILE = SECRETS_DIR / "hub-read-token"
+KAFKA_USERS_DIR = SECRETS_DIR / "kafka"
 # The JupyterLab container's work directory (its root) and where the host sees it.
 JUPYTER_WORK_DIR = "/home/chexstack/work"
 JUPYTER_WORK_DIR_ON_HOST = DATA_DIR / "jupyter" / "work"
@@ -64,6 +65,9 @@ class Platform:
 
 def _env() -> dict[str, str]:
     env = dict(os.environ, ANSIBLE_FORCE_COLOR="0", NO_COLOR="1", PY_COLORS="0")
+    # The play logs in to Kafka with the files it generates, not as the tests' client.
+    for name in ("CHEXSTACK_KAFKA_USER", "CHEXSTACK_KAFKA_PASSWORD", "CHEXSTACK_KAFKA_PASSWORD_FILE"):
+        env.pop(name, None)
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env
 
@@ -199,6 +203,26 @@ def model_versions() -> str:
     )
 
 
+def kafka_env(user: str) -> dict[str, str]:
+    """The environment of a CheXStack client on the host that logs in to the instance's Kafka as `user`."""
+    return {
+        "CHEXSTACK_KAFKA_USER": user,
+        "CHEXSTACK_KAFKA_PASSWORD_FILE": str(KAFKA_USERS_DIR / f"{user}.password"),
+    }
+
+
+def kafka_user_args(user: str) -> list[str]:
+    """`docker run` arguments that log a one-shot chexstack container in to Kafka as `user`."""
+    return [
+        "--volume",
+        f"{KAFKA_USERS_DIR / f'{user}.password'}:/run/secrets/kafka_{user}:ro",
+        "--env",
+        f"CHEXSTACK_KAFKA_USER={user}",
+        "--env",
+        f"CHEXSTACK_KAFKA_PASSWORD_FILE=/run/secrets/kafka_{user}",
+    ]
+
+
 def upload_in_container(count: int, seed: int) -> list[str]:
     """Synthetic PNG and DICOM files uploaded inside a one-shot chexstack container on the network."""
     ref = python_image()
@@ -211,6 +235,7 @@ def upload_in_container(count: int, seed: int) -> list[str]:
         f"{VARS['chexstack_blobs_volume']}:/var/lib/chexstack/blobs",
         "--env",
         "CHEXSTACK_KAFKA=kafka:9092",
+        *kafka_user_args("ingest"),
         "--env",
         f"CHEXSTACK_TOPIC_PREFIX={TOPIC_PREFIX}",
         "--env",

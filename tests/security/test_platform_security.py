@@ -11,7 +11,9 @@ reuses a running one). Each test tries what a local user or a notebook user coul
      unknown methods, idle and surplus connections, query strings in the access log;
   4. poison messages on both input topics and the control topic: dead letters naming why (a log line
      for control), the workers are neither restarted nor stopped, and later uploads are predicted;
-  5. the patient identifier of the uploads is in no log, topic or volume.
+  5. the patient identifier of the uploads is in no log, topic or volume;
+  6. Kafka: a client without a user gets nothing; the notebooks' user can neither forge predictions
+     nor set A/B weights, and the upload CLI's user (ingest) cannot read the preprocessed pixels.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ import urllib.request
 import uuid
 
 import pytest
+from confluent_kafka import KafkaError
 
-from chexstack.bus import make_producer, produce_sync
+from chexstack import kafka_auth
+from chexstack.bus import ReadError, TopicReader, make_producer, produce_sync
 from chexstack.messages import AbConfig, DeadLetter, decode
 from chexstack.predictions import read_predictions
 from chexstack.topics import Topics
@@ -37,6 +41,7 @@ from tests.platform_instance import (
     JUPYTER_TOKEN_FILE,
     JUPYTER_WORK_DIR_ON_HOST,
     KAFKA,
+    KAFKA_USERS_DIR,
     SECRETS_DIR,
     TENSORBOARD_URL,
     TOPIC_PREFIX,
@@ -103,12 +108,16 @@ def test_tokens_are_secret_files_and_data_is_private(e2e_platform: Platform) -> 
     """Tokens reach containers as compose secrets, never as environment variables; data dirs 0750."""
     read_token = hub_read_token()
     tokens = {"jupyter": jupyter_token(), "hub": hub_token(), "hub read": read_token}
+    tokens |= {
+        f"kafka {u}": (KAFKA_USERS_DIR / f"{u}.password").read_text().strip() for u in kafka_auth.USERS
+    }
     for r in containers():
         env = json.loads(docker("inspect", "--format", "{{json .Config.Env}}", r["Name"]))
         for name, token in tokens.items():
             assert all(token not in variable for variable in env), (r["Name"], name)
     assert SECRETS_DIR.stat().st_mode & 0o777 == 0o700
-    for token_file in (JUPYTER_TOKEN_FILE, HUB_TOKEN_FILE, HUB_READ_TOKEN_FILE):
+    kafka_files = [KAFKA_USERS_DIR / f"{user}.password" for user in kafka_auth.USERS]
+    for token_file in (JUPYTER_TOKEN_FILE, HUB_TOKEN_FILE, HUB_READ_TOKEN_FILE, *kafka_files):
         st = token_file.stat()  # root, and the services' group
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 10001, 0o640), token_file
     for private in (JUPYTER_WORK_DIR_ON_HOST, DATA_DIR / "data"):
@@ -215,6 +224,42 @@ def test_http_servers_bound_what_a_client_can_make_them_hold(e2e_platform: Platf
 def restarts(service: str) -> tuple[int, str]:
     state = json.loads(docker("inspect", "--format", "{{json .}}", service_container(service)))
     return state["RestartCount"], state["State"]["StartedAt"]
+
+
+def test_kafka_lets_each_user_do_only_what_its_acls_allow(
+    e2e_platform: Platform, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in ("CHEXSTACK_KAFKA_USER", "CHEXSTACK_KAFKA_PASSWORD_FILE"):
+        monkeypatch.delenv(name)
+    with pytest.raises(ReadError, match="if the broker requires authentication"):
+        TopicReader(KAFKA, Topics(TOPIC_PREFIX).predictions, timeout_s=15)
+    # The upload CLI's user sees the outcome of uploads, never the pixels.
+    monkeypatch.setenv("CHEXSTACK_KAFKA_USER", "ingest")
+    monkeypatch.setenv("CHEXSTACK_KAFKA_PASSWORD_FILE", str(KAFKA_USERS_DIR / "ingest.password"))
+    with pytest.raises(ReadError, match="Kafka user ingest may not read topic"):
+        TopicReader(KAFKA, Topics(TOPIC_PREFIX).preprocessed, timeout_s=30)
+    TopicReader(KAFKA, Topics(TOPIC_PREFIX).predictions, timeout_s=30).close()
+    # The notebook container's own credentials, as a notebook user would use them: a forged prediction
+    # and new A/B weights are both refused by the broker.
+    probe = (
+        "import json, os\n"
+        "from chexstack.bus import make_producer\n"
+        "from chexstack.topics import Topics\n"
+        "t = Topics(os.environ.get('CHEXSTACK_TOPIC_PREFIX', ''))\n"
+        "out = {'user': os.environ.get('CHEXSTACK_KAFKA_USER')}\n"
+        "producer = make_producer(os.environ['CHEXSTACK_KAFKA'])\n"
+        "for topic in (t.predictions, t.control):\n"
+        "    errors = out.setdefault(topic, [])\n"
+        "    producer.produce(topic, b'{}', key=b'chexnet',\n"
+        "                     on_delivery=lambda e, m, errors=errors: errors.append(e and e.code()))\n"
+        "producer.flush(30)\n"
+        "print(json.dumps(out))\n"
+    )
+    out = json.loads(docker("exec", jupyter_container(), "python", "-c", probe).strip().splitlines()[-1])
+    topics = Topics(TOPIC_PREFIX)
+    assert out["user"] == "notebook", out
+    denied = [KafkaError.TOPIC_AUTHORIZATION_FAILED]
+    assert out[topics.predictions] == denied and out[topics.control] == denied, out
 
 
 def test_poison_messages_are_dead_letters_and_the_workers_go_on(e2e_platform: Platform) -> None:
