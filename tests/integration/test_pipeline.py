@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from chexstack.ab import choose_variant
 from chexstack.blobstore import open_store
-from chexstack.bus import make_producer, produce_sync
+from chexstack.bus import client_config, make_producer, produce_sync
 from chexstack.deid import load_or_create_key, pseudonym
 from chexstack.ingest import Uploader
 from chexstack.messages import DeadLetter, Prediction, Uploaded, decode
@@ -36,7 +36,7 @@ def read_topic(kafka: str, topic: str, timeout_s: float = 10) -> list[tuple[str 
     """Every committed message of a topic, from the beginning to its current end."""
     c = Consumer(
         {
-            "bootstrap.servers": kafka,
+            **client_config(kafka),  # the caller's Kafka login, if any (the platform's tiers: admin)
             "group.id": f"t-{uuid.uuid4().hex}",
             "enable.auto.commit": False,
             "isolation.level": "read_committed",
