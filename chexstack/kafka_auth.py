@@ -175,13 +175,13 @@ def _binding(acl: Acl) -> Any:
 
 def apply(
     bootstrap: str,
-    admin_password: str,
     passwords: Mapping[str, str],
     topics: Topics,
     *,
     timeout_s: float = 30.0,
 ) -> None:
-    """As the admin user: create or update the services' SCRAM credentials, then add their ACLs.
+    """As the admin user (`passwords[ADMIN]`): create or update the services' SCRAM credentials, then add
+    their ACLs.
 
     Idempotent: credentials are upserted and creating an ACL that exists is a no-op.
     """
@@ -192,7 +192,7 @@ def apply(
         UserScramCredentialUpsertion,
     )
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, **sasl_config(ADMIN, admin_password)})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **sasl_config(ADMIN, passwords[ADMIN])})
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
     upserts = [
         UserScramCredentialUpsertion(user, info, password.encode())

@@ -101,19 +101,13 @@ def e2e_platform() -> Iterator[platform_instance.Platform]:
     reuse = os.environ.get("CHEXSTACK_E2E_REUSE", "") == "1"
     # The tests' own Kafka clients (read_predictions, probes) log in as the admin once the instance
     # exists; a probe that needs a service's rights asks for that user (platform_instance.kafka_env).
-    admin = platform_instance.kafka_env("admin")
-    if reuse and platform_instance.healthy(platform_instance.containers()):
-        with pytest.MonkeyPatch.context() as mp:
-            for name, value in admin.items():
-                mp.setenv(name, value)
-            yield platform_instance.Platform(first_run=None, reused=True)
-        return
+    running = reuse and platform_instance.healthy(platform_instance.containers())
     if not reuse:
         platform_instance.remove_instance()  # from scratch
     try:
-        first_run = platform_instance.make("up")
+        first_run = None if running else platform_instance.make("up")
         with pytest.MonkeyPatch.context() as mp:
-            for name, value in admin.items():
+            for name, value in platform_instance.kafka_env("admin").items():
                 mp.setenv(name, value)
             yield platform_instance.Platform(first_run=first_run, reused=reuse)
     finally:

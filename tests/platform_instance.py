@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from chexstack.kafka_auth import password_file
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 VARS_FILE = ROOT / "tests" / "e2e" / "platform-vars.yml"
@@ -207,7 +209,7 @@ def kafka_env(user: str) -> dict[str, str]:
     """The environment of a CheXStack client on the host that logs in to the instance's Kafka as `user`."""
     return {
         "CHEXSTACK_KAFKA_USER": user,
-        "CHEXSTACK_KAFKA_PASSWORD_FILE": str(KAFKA_USERS_DIR / f"{user}.password"),
+        "CHEXSTACK_KAFKA_PASSWORD_FILE": str(password_file(KAFKA_USERS_DIR, user)),
     }
 
 
@@ -215,7 +217,7 @@ def kafka_user_args(user: str) -> list[str]:
     """`docker run` arguments that log a one-shot chexstack container in to Kafka as `user`."""
     return [
         "--volume",
-        f"{KAFKA_USERS_DIR / f'{user}.password'}:/run/secrets/kafka_{user}:ro",
+        f"{password_file(KAFKA_USERS_DIR, user)}:/run/secrets/kafka_{user}:ro",
         "--env",
         f"CHEXSTACK_KAFKA_USER={user}",
         "--env",

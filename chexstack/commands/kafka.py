@@ -85,7 +85,7 @@ def up(
         typer.echo("created topics: " + ", ".join(created))
     if auth:
         passwords = broker.passwords()
-        kafka_auth.apply(broker.bootstrap, passwords[kafka_auth.ADMIN], passwords, Topics(topic_prefix))
+        kafka_auth.apply(broker.bootstrap, passwords, Topics(topic_prefix))
         typer.echo(
             f"users {', '.join(kafka_auth.USERS)} and their ACLs are in place; passwords in "
             f"{broker.users_dir}. Connect as a user with:"
@@ -135,17 +135,18 @@ def topics_cmd(
     from chexstack.topics import Topics, ensure_topics
 
     passwords = None
+    admin = None  # the caller's own login (CHEXSTACK_KAFKA_USER)
     if users_dir is not None:
         try:
             passwords = kafka_auth.read_passwords(users_dir)
         except ValueError as exc:
             typer.echo(f"error: --users-dir {users_dir}: {exc}", err=True)
             raise typer.Exit(2) from exc
-    admin = passwords and kafka_auth.sasl_config(kafka_auth.ADMIN, passwords[kafka_auth.ADMIN])
-    created = ensure_topics(kafka, partitions, retention_ms, prefix=topic_prefix, security=admin or None)
+        admin = kafka_auth.sasl_config(kafka_auth.ADMIN, passwords[kafka_auth.ADMIN])
+    created = ensure_topics(kafka, partitions, retention_ms, prefix=topic_prefix, security=admin)
     typer.echo("created topics: " + (", ".join(created) if created else "none (all exist)"))
-    if passwords:
-        kafka_auth.apply(kafka, passwords[kafka_auth.ADMIN], passwords, Topics(topic_prefix))
+    if passwords is not None:
+        kafka_auth.apply(kafka, passwords, Topics(topic_prefix))
         typer.echo(f"users {', '.join(kafka_auth.SERVICES)} and their ACLs are in place")
 
 

@@ -47,7 +47,7 @@ def auth_topics(auth_broker: Broker) -> Topics:
     t = Topics(f"a{os.urandom(4).hex()}.")
     ensure_topics(auth_broker.bootstrap, 2, 3_600_000, prefix=t.prefix, security=auth_broker.admin_config())
     passwords = auth_broker.passwords()
-    kafka_auth.apply(auth_broker.bootstrap, passwords[kafka_auth.ADMIN], passwords, t)
+    kafka_auth.apply(auth_broker.bootstrap, passwords, t)
     return t
 
 

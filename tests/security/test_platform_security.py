@@ -56,6 +56,7 @@ from tests.platform_instance import (
     hub_token,
     jupyter_container,
     jupyter_token,
+    kafka_env,
     python_image,
     service_container,
     upload_in_container,
@@ -109,14 +110,15 @@ def test_tokens_are_secret_files_and_data_is_private(e2e_platform: Platform) -> 
     read_token = hub_read_token()
     tokens = {"jupyter": jupyter_token(), "hub": hub_token(), "hub read": read_token}
     tokens |= {
-        f"kafka {u}": (KAFKA_USERS_DIR / f"{u}.password").read_text().strip() for u in kafka_auth.USERS
+        f"kafka {u}": kafka_auth.password_file(KAFKA_USERS_DIR, u).read_text().strip()
+        for u in kafka_auth.USERS
     }
     for r in containers():
         env = json.loads(docker("inspect", "--format", "{{json .Config.Env}}", r["Name"]))
         for name, token in tokens.items():
             assert all(token not in variable for variable in env), (r["Name"], name)
     assert SECRETS_DIR.stat().st_mode & 0o777 == 0o700
-    kafka_files = [KAFKA_USERS_DIR / f"{user}.password" for user in kafka_auth.USERS]
+    kafka_files = [kafka_auth.password_file(KAFKA_USERS_DIR, user) for user in kafka_auth.USERS]
     for token_file in (JUPYTER_TOKEN_FILE, HUB_TOKEN_FILE, HUB_READ_TOKEN_FILE, *kafka_files):
         st = token_file.stat()  # root, and the services' group
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 10001, 0o640), token_file
@@ -234,8 +236,8 @@ def test_kafka_lets_each_user_do_only_what_its_acls_allow(
     with pytest.raises(ReadError, match="if the broker requires authentication"):
         TopicReader(KAFKA, Topics(TOPIC_PREFIX).predictions, timeout_s=15)
     # The upload CLI's user sees the outcome of uploads, never the pixels.
-    monkeypatch.setenv("CHEXSTACK_KAFKA_USER", "ingest")
-    monkeypatch.setenv("CHEXSTACK_KAFKA_PASSWORD_FILE", str(KAFKA_USERS_DIR / "ingest.password"))
+    for name, value in kafka_env("ingest").items():
+        monkeypatch.setenv(name, value)
     with pytest.raises(ReadError, match="Kafka user ingest may not read topic"):
         TopicReader(KAFKA, Topics(TOPIC_PREFIX).preprocessed, timeout_s=30)
     TopicReader(KAFKA, Topics(TOPIC_PREFIX).predictions, timeout_s=30).close()
