@@ -30,7 +30,7 @@ from chexstack.blobstore import open_store  # noqa: E402
 from chexstack.broker import Broker  # noqa: E402
 from chexstack.commands.kafka import DEFAULT_PARTITIONS, DEFAULT_RETENTION_MS  # noqa: E402
 from chexstack.deid import load_or_create_key  # noqa: E402
-from chexstack.ingest import Uploader  # noqa: E402
+from chexstack.ingest.uploader import Uploader  # noqa: E402
 from chexstack.predictions import read_predictions  # noqa: E402
 from chexstack.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Limits  # noqa: E402
 from chexstack.synth import make_png, render_radiograph  # noqa: E402

@@ -173,8 +173,13 @@ class JsonHandler(BaseHTTPRequestHandler):
             f"internal error ({type(exc).__name__}); the server's log has the details",
         )
 
-    def read_body(self, *, required: bool = False) -> bytes:
-        """The request body. Without Content-Length it is empty, or a 400 when `required`."""
+    def read_body(self, *, required: bool = False, max_bytes: int | None = None) -> bytes:
+        """The request body. Without Content-Length it is empty, or a 400 when `required`.
+
+        `max_bytes` is a limit set at run time (the ingest service's --max-bytes) instead of the class's
+        `max_body_bytes`.
+        """
+        limit = self.max_body_bytes if max_bytes is None else max_bytes
         text = self.headers.get("Content-Length")
         if text is None or not text.strip():
             if required:
@@ -185,11 +190,9 @@ class JsonHandler(BaseHTTPRequestHandler):
         if not (digits.isascii() and digits.isdigit()):
             raise HttpError(HTTPStatus.BAD_REQUEST, f"bad Content-Length {text[:40]!r}")
         # More digits than any body limit has is too large (and int() refuses over 4300 digits).
-        length = int(digits) if len(digits) <= 18 else self.max_body_bytes + 1
-        if length > self.max_body_bytes:
-            raise HttpError(
-                self.body_too_large_status, f"request body larger than {self.max_body_bytes} bytes"
-            )
+        length = int(digits) if len(digits) <= 18 else limit + 1
+        if length > limit:
+            raise HttpError(self.body_too_large_status, f"request body larger than {limit} bytes")
         try:
             body = self.rfile.read(length) if length else b""
         except TimeoutError as exc:

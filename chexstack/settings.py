@@ -106,9 +106,20 @@ PseudonymKeyOpt = Annotated[
     str | None,
     option(
         "--pseudonym-key",
-        "Secret key for patient pseudonyms (keyed hash). Generated into the store if unset.",
+        "Secret key for patient pseudonyms (keyed hash); CHEXSTACK_PSEUDONYM_KEY_FILE names a file holding"
+        " it instead. Unset: generated once into the store.",
+        show_default=False,
     ),
 ]
+
+
+def configured_pseudonym_key(flag: str | None) -> str | None:
+    """The key --pseudonym-key gave, else CHEXSTACK_PSEUDONYM_KEY(_FILE), else None (the store's own).
+
+    Raises ValueError for a _FILE that cannot be read or is empty (see `secret`)."""
+    return flag if flag else secret("CHEXSTACK_PSEUDONYM_KEY")
+
+
 ModelNameOpt = Annotated[str, option("--model-name", "Model name in serving.")]
 MaxBytesOpt = Annotated[int, option("--max-bytes", "Largest accepted upload in bytes.", min=1)]
 DEFAULT_MAX_BYTES: Final = 64 * 1024 * 1024

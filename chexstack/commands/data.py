@@ -10,7 +10,14 @@ from typing import Annotated
 
 import typer
 
-from chexstack.settings import DEFAULT_SEED, IMAGE_SIZE, PseudonymKeyOpt, StoreOpt, option
+from chexstack.settings import (
+    DEFAULT_SEED,
+    IMAGE_SIZE,
+    PseudonymKeyOpt,
+    StoreOpt,
+    configured_pseudonym_key,
+    option,
+)
 
 data_app = typer.Typer(help="Data sets.", no_args_is_help=True)
 
@@ -117,7 +124,7 @@ def prepare(
 
     Bad rows (missing file, unknown label, unreadable image, wrong field count) are listed with their CSV
     line; the run stops before writing anything unless --skip-bad-rows. Patient ids are replaced by the
-    same keyed-hash pseudonyms uploads get (the store's key, or --pseudonym-key).
+    same keyed-hash pseudonyms uploads get (--pseudonym-key or its _FILE, else the store's key).
 
     Exit status: 0 prepared, 1 bad rows, 2 unusable data set or output folder.
     """
@@ -130,7 +137,7 @@ def prepare(
     from chexstack.shards import ShardError
 
     try:
-        key = load_or_create_key(open_store(store), pseudonym_key)
+        key = load_or_create_key(open_store(store), configured_pseudonym_key(pseudonym_key))
     except (OSError, ValueError) as exc:
         typer.echo(f"error: pseudonym key: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,13 +14,20 @@ from chexstack.settings import (
     DEFAULT_MAX_PIXELS,
     DEFAULT_TOPIC_PREFIX,
     KafkaOpt,
+    Limits,
     MaxBytesOpt,
     MaxPixelsOpt,
     PseudonymKeyOpt,
     StoreOpt,
     TopicPrefixOpt,
+    configured_pseudonym_key,
     option,
+    secret,
 )
+from chexstack.topics import Topics
+
+if TYPE_CHECKING:
+    from chexstack.ingest.uploader import UploadTarget
 
 
 def _files(paths: list[Path]) -> Iterator[Path]:
@@ -47,6 +54,16 @@ def upload(
             env=False,
         ),
     ] = None,
+    ingest_url: Annotated[
+        str | None,
+        option(
+            "--ingest-url",
+            "Upload through the ingest service at this URL (it holds the pseudonym key and the store;"
+            " CHEXSTACK_INGEST_TOKEN or CHEXSTACK_INGEST_TOKEN_FILE is its token). Unset: validate,"
+            " de-identify, store and publish in this process (--kafka, --store, --pseudonym-key).",
+            show_default=False,
+        ),
+    ] = None,
     kafka: KafkaOpt = DEFAULT_KAFKA,
     store: StoreOpt = None,
     pseudonym_key: PseudonymKeyOpt = None,
@@ -56,32 +73,26 @@ def upload(
 ) -> None:
     """Upload radiographs (PNG, JPEG, DICOM CR/DX): one line per file, `<name>TAB<image_id>` or the reason.
 
-    Exit status: 0 all uploaded, 1 some file rejected, 2 Kafka or the store unusable.
+    Exit status: 0 all uploaded, 1 some file rejected, 2 Kafka, the store or the ingest service unusable.
     """
-    from chexstack.blobstore import open_store
-    from chexstack.deid import load_or_create_key
-    from chexstack.ingest import KafkaUnavailable, Uploader
-    from chexstack.settings import Limits
-    from chexstack.topics import Topics
+    from chexstack.ingest.uploader import UploadUnavailable
 
+    limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels)
     try:
-        blobs = open_store(store)
-        key = load_or_create_key(blobs, pseudonym_key)
+        target: UploadTarget = (
+            _service(ingest_url, limits)
+            if ingest_url
+            else _uploader(kafka, store, pseudonym_key, limits, Topics(topic_prefix))
+        )
     except (OSError, ValueError) as exc:
-        typer.echo(f"error: blob store: {exc}", err=True)
+        where = "ingest service" if ingest_url else "blob store"
+        typer.echo(f"error: {where}: {exc}", err=True)
         raise typer.Exit(2) from exc
-    uploader = Uploader(
-        bootstrap=kafka,
-        store=blobs,
-        key=key,
-        limits=Limits(max_bytes=max_bytes, max_pixels=max_pixels),
-        topics=Topics(topic_prefix),
-    )
     rejected = 0
     try:
-        uploader.check_connection()
+        target.check_connection()
         for path in _files(paths):
-            result = uploader.upload_path(path, patient_id)
+            result = target.upload_path(path, patient_id)
             if result.reason is not None:
                 rejected += 1
                 typer.echo(f"{result.name}\trejected: {result.reason}")
@@ -89,12 +100,32 @@ def upload(
                 typer.echo(f"{result.name}\t{result.image_id}\t(already uploaded)")
             else:
                 typer.echo(f"{result.name}\t{result.image_id}")
-    except KafkaUnavailable as exc:
+    except UploadUnavailable as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     finally:
-        uploader.close()
+        target.close()
     raise typer.Exit(1 if rejected else 0)
+
+
+def _service(url: str, limits: Limits) -> UploadTarget:
+    """The ingest service at `url`, with the token of CHEXSTACK_INGEST_TOKEN(_FILE)."""
+    from chexstack.ingest.client import IngestClient
+
+    return IngestClient(url, secret("CHEXSTACK_INGEST_TOKEN"), limits=limits)
+
+
+def _uploader(
+    kafka: str, store: str | None, pseudonym_key: str | None, limits: Limits, topics: Topics
+) -> UploadTarget:
+    """This process as the uploader: the store, its pseudonym key and a Kafka producer."""
+    from chexstack.blobstore import open_store
+    from chexstack.deid import load_or_create_key
+    from chexstack.ingest.uploader import Uploader
+
+    blobs = open_store(store)
+    key = load_or_create_key(blobs, configured_pseudonym_key(pseudonym_key))
+    return Uploader(bootstrap=kafka, store=blobs, key=key, limits=limits, topics=topics)
 
 
 def register(app: typer.Typer) -> None:

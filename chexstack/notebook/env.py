@@ -1,7 +1,10 @@
 """The notebooks' settings, read from the same CHEXSTACK_* variables the services use.
 
-The Jupyter service sets them in its compose file (Kafka, serving, blob store, hub URL, TensorBoard
-URL) and its 0600 environment file (the hub token), so a notebook needs no configuration of its own.
+The Jupyter service sets them in its compose file (Kafka, serving, the ingest service, hub URL,
+TensorBoard URL) and hands the tokens over as compose secrets (CHEXSTACK_HUB_TOKEN_FILE,
+CHEXSTACK_INGEST_TOKEN_FILE), so a notebook needs no configuration of its own. With
+CHEXSTACK_INGEST_URL set, uploads go through the ingest service, which holds the pseudonym key; without
+it (a notebook outside the platform) they are made in the kernel, as `chexstack upload` makes them.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class NotebookSettings:
     # Never printed: the hub token stays in the environment (HubClient reads CHEXSTACK_HUB_TOKEN).
     hub_token: str | None = None
     tensorboard_url: str = DEFAULT_TENSORBOARD_URL
+    # The ingest service uploads go through ("": uploads in the kernel, with the store's key); its token
+    # is never printed either.
+    ingest_url: str = ""
+    ingest_token: str | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pixels: int = DEFAULT_MAX_PIXELS
 
@@ -72,15 +79,18 @@ class NotebookSettings:
             hub_url=(e.get("CHEXSTACK_HUB_URL") or DEFAULT_HUB_URL).rstrip("/"),
             hub_token=secret("CHEXSTACK_HUB_TOKEN", e),
             tensorboard_url=(e.get("CHEXSTACK_TENSORBOARD_URL") or DEFAULT_TENSORBOARD_URL).rstrip("/"),
+            ingest_url=(e.get("CHEXSTACK_INGEST_URL") or "").rstrip("/"),
+            ingest_token=secret("CHEXSTACK_INGEST_TOKEN", e),
             max_bytes=_positive_int(e, "CHEXSTACK_MAX_BYTES", DEFAULT_MAX_BYTES),
             max_pixels=_positive_int(e, "CHEXSTACK_MAX_PIXELS", DEFAULT_MAX_PIXELS),
         )
 
-    def __repr__(self) -> str:  # the token must not reach a notebook's output
+    def __repr__(self) -> str:  # the tokens must not reach a notebook's output
         token = "set" if self.hub_token else "unset"
+        ingest_token = "set" if self.ingest_token else "unset"
         return (
             f"NotebookSettings(kafka={self.kafka!r}, serving={self.serving!r}, store={self.store!r}, "
             f"model_name={self.model_name!r}, topic_prefix={self.topic_prefix!r}, hub_url={self.hub_url!r}, "
-            f"hub_token={token}, tensorboard_url={self.tensorboard_url!r}, max_bytes={self.max_bytes}, "
-            f"max_pixels={self.max_pixels})"
+            f"hub_token={token}, tensorboard_url={self.tensorboard_url!r}, ingest_url={self.ingest_url!r}, "
+            f"ingest_token={ingest_token}, max_bytes={self.max_bytes}, max_pixels={self.max_pixels})"
         )

@@ -1,8 +1,9 @@
 """The notebook's upload panel: pick radiographs, watch each one flow, read the result cards.
 
-Files go through `chexstack.ingest.Uploader`, the code path of `chexstack upload` (validation,
-de-identification, content-addressed store, xray.uploaded). A background thread per batch then
-follows the batch through xray.preprocessed, xray.predictions and xray.dlq (chexstack.notebook.tracker)
+Files go through the code path of `chexstack upload` (validation, de-identification, content-addressed
+store, xray.uploaded): on the platform through the ingest service (`IngestClient`), which holds the
+pseudonym key the notebooks never see; elsewhere in the kernel (`Uploader`). A background thread per
+batch then follows it through xray.preprocessed, xray.predictions and xray.dlq (chexstack.notebook.tracker)
 and updates each file's status and card as the messages arrive, so the kernel stays free meanwhile.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from chexstack import transform
-from chexstack.ingest import IngestResult, KafkaUnavailable, UnreadableFile, Uploader
+from chexstack.ingest.uploader import IngestResult, UnreadableFile, UploadTarget, UploadUnavailable
 from chexstack.messages import Prediction
 from chexstack.notebook import cards
 from chexstack.notebook.env import NotebookSettings
@@ -58,7 +59,7 @@ class UploadPanel:
         self._lock = threading.RLock()
         self._files: list[FileState] = []
         self._threads: list[threading.Thread] = []
-        self._uploader: Uploader | None = None
+        self._uploader: UploadTarget | None = None
         self._card_widgets: dict[int, Any] = {}  # id(FileState) -> its HTML widget
         self._card_cache: dict[int, tuple[tuple[object, ...], str]] = {}
         self._tracker = Tracker(settings.kafka, settings.topics)
@@ -129,25 +130,32 @@ class UploadPanel:
         """Upload files from the server's disk (what the widget does with picked files)."""
         self._upload([(Path(p).name, Path(p)) for p in paths], patient_id)
 
-    def _get_uploader(self) -> Uploader:
+    def _get_uploader(self) -> UploadTarget:
         if self._uploader is None:
-            import os
-
-            from chexstack.blobstore import open_store
-            from chexstack.deid import load_or_create_key
-
-            store = open_store(self.settings.store)
-            key = load_or_create_key(store, os.environ.get("CHEXSTACK_PSEUDONYM_KEY") or None)
-            uploader = Uploader(
-                bootstrap=self.settings.kafka,
-                store=store,
-                key=key,
-                limits=self.settings.limits,
-                topics=self.settings.topics,
-            )
-            uploader.check_connection()
+            uploader = self._open_uploader()
+            try:
+                uploader.check_connection()
+            except BaseException:
+                uploader.close()
+                raise
             self._uploader = uploader
         return self._uploader
+
+    def _open_uploader(self) -> UploadTarget:
+        """The ingest service when the settings name one (the platform), else this kernel."""
+        s = self.settings
+        if s.ingest_url:
+            from chexstack.ingest.client import IngestClient
+
+            return IngestClient(s.ingest_url, s.ingest_token or "", limits=s.limits)
+        from chexstack.blobstore import open_store
+        from chexstack.deid import load_or_create_key
+        from chexstack.ingest.uploader import Uploader
+        from chexstack.settings import configured_pseudonym_key
+
+        store = open_store(s.store)
+        key = load_or_create_key(store, configured_pseudonym_key(None))
+        return Uploader(bootstrap=s.kafka, store=store, key=key, limits=s.limits, topics=s.topics)
 
     def _upload(self, items: Sequence[tuple[str, Source]], patient_id: str | None) -> None:
         import ipywidgets as w
@@ -163,7 +171,7 @@ class UploadPanel:
         try:
             uploader = self._get_uploader()
             start = self._tracker.positions()
-        except (KafkaUnavailable, TrackerError, OSError, ValueError) as exc:
+        except (UploadUnavailable, TrackerError, OSError, ValueError) as exc:
             self.message.value = _problem(f"Cannot upload: {exc}")
             with self._lock:
                 for s in states:
@@ -197,7 +205,7 @@ class UploadPanel:
 
     def _upload_one(
         self,
-        uploader: Uploader,
+        uploader: UploadTarget,
         state: FileState,
         source: Source,
         patient_id: str | None,
@@ -209,6 +217,8 @@ class UploadPanel:
             result = uploader.upload_bytes(data, state.name, patient_id or None)
         except UnreadableFile as exc:
             data, result = b"", IngestResult(state.name, None, str(exc))
+        except UploadUnavailable as exc:  # the ingest service went away or refused the token
+            data, result = b"", IngestResult(state.name, None, f"not uploaded: {exc}")
         except OSError as exc:  # the blob store (disk full, permissions): its message names the path
             data, result = b"", IngestResult(state.name, None, f"upload failed: {exc}")
         except Exception as exc:  # one file's failure must not stop the batch

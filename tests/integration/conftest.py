@@ -16,7 +16,7 @@ import requests
 
 from chexstack.blobstore import open_store
 from chexstack.deid import load_or_create_key
-from chexstack.ingest import Uploader
+from chexstack.ingest.uploader import Uploader
 from chexstack.settings import Limits
 from chexstack.topics import Topics
 from tests.conftest import free_port

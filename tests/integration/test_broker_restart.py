@@ -23,7 +23,7 @@ from chexstack.broker import Broker
 from chexstack.bus import make_producer, produce_sync
 from chexstack.commands.kafka import DEFAULT_RETENTION_MS
 from chexstack.deid import load_or_create_key
-from chexstack.ingest import Uploader
+from chexstack.ingest.uploader import Uploader
 from chexstack.messages import Prediction, decode
 from chexstack.predictions import read_predictions
 from chexstack.topics import Topics, ensure_topics

@@ -24,6 +24,9 @@ from chexstack.synth import make_dicom, make_png, render_radiograph
 from chexstack.topics import Topics
 from tests.conftest import free_port
 from tests.integration.conftest import ServeFactory
+from tests.integration.test_ingest import KEY as INGEST_KEY
+from tests.integration.test_ingest import TOKEN as INGEST_TOKEN
+from tests.integration.test_ingest import running_ingest
 from tests.integration.test_pipeline import read_topic
 from tests.integration.workers import running_workers
 
@@ -75,10 +78,15 @@ def test_panel_uploads_follows_and_shows_cards(
     twin = tmp_path / "twin.png"  # the same image picked twice in one batch
     twin.write_bytes(png.read_bytes())
 
-    settings = NotebookSettings(
-        kafka=kafka, serving=server.grpc_target, store=str(store_dir), topic_prefix=topics["prefix"]
-    )
-    with running_workers(env, tmp_path) as w:
+    with (
+        running_ingest(kafka, topics["prefix"], store_dir, tmp_path / "ingest") as (ingest_url, _),
+        running_workers(env, tmp_path) as w,
+    ):
+        # As on the platform: uploads through the ingest service, which holds the key.
+        settings = NotebookSettings(
+            kafka=kafka, serving=server.grpc_target, topic_prefix=topics["prefix"], ingest_url=ingest_url,
+            ingest_token=INGEST_TOKEN,
+        )  # fmt: skip
         w.wait_assigned([w.start("preprocess"), w.start("route")])
         panel = UploadPanel(settings, threshold=0.5, wait_s=240)
         panel.upload_paths([png, dcm, bad, twin], patient_id="MRN-NOTEBOOK-77")
@@ -114,6 +122,9 @@ def test_panel_uploads_follows_and_shows_cards(
     t = Topics(topics["prefix"])
     per_image = Counter(decode(Prediction, v).image_id for _, v in read_topic(kafka, t.predictions))
     assert sorted(per_image.values()) == [1, 1]
+    # Pseudonymised by the ingest service with its key; the notebook never had one.
+    sent = [decode(Uploaded, v) for _, v in read_topic(kafka, t.uploaded)]
+    assert {m.patient for m in sent} == {pseudonym(INGEST_KEY.encode(), "MRN-NOTEBOOK-77")}
 
     # The threshold slider re-renders the same card widgets: the findings shown are the labels whose
     # probability (as published on the topic) is at or over it.

@@ -21,7 +21,7 @@ from chexstack.ab import choose_variant
 from chexstack.blobstore import open_store
 from chexstack.bus import client_config, make_producer, produce_sync
 from chexstack.deid import load_or_create_key, pseudonym
-from chexstack.ingest import Uploader
+from chexstack.ingest.uploader import Uploader
 from chexstack.messages import DeadLetter, Prediction, Uploaded, decode
 from chexstack.predictions import read_predictions
 from chexstack.synth import make_dicom, make_jpeg, make_png, render_radiograph

@@ -17,7 +17,7 @@ import pytest
 
 from chexstack.ab import publish_weights
 from chexstack.bus import make_producer, produce_sync
-from chexstack.ingest import Uploader
+from chexstack.ingest.uploader import Uploader
 from chexstack.messages import AbConfig, DeadLetter, decode
 from chexstack.topics import Topics
 from chexstack.workers.base import MAX_PAYLOAD_BYTES

@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 from chexstack import messages, synth
 from chexstack.blobstore import BlobStore, parse_uri, sha256_hex
 from chexstack.deid import pseudonym
-from chexstack.ingest import IngestResult, KafkaUnavailable, Uploader
+from chexstack.ingest.uploader import IngestResult, KafkaUnavailable, Uploader
 from chexstack.settings import Limits
 from chexstack.topics import Topics
 
@@ -214,7 +214,7 @@ _UPLOAD_PATH = """
 import dataclasses, json, sys
 from pathlib import Path
 from chexstack.blobstore import BlobStore
-from chexstack.ingest import Uploader
+from chexstack.ingest.uploader import Uploader
 from chexstack.settings import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, Limits
 from chexstack.topics import Topics
 bootstrap, store, prefix, path = sys.argv[1:]
@@ -248,6 +248,7 @@ def test_unreadable_file_is_rejected_for_root_too(
         "image_id": None,
         "reason": "cannot read: Permission denied",
         "duplicate": False,
+        "transient": False,
     }
     assert blobs(store_dir) == []
     assert read_topic(kafka, topics[UPLOADED]) == []
@@ -365,6 +366,7 @@ def test_failed_publish_keeps_the_blob_unmarked_and_a_retry_publishes(
     finally:
         dead.close()
     assert failed.image_id is None and failed.reason and failed.reason.startswith("publish failed")
+    assert failed.transient  # the file is fine: the same upload may succeed later
     sha = sha256_hex(png)
     assert store.exists(sha) and not store.is_published(sha, topics[UPLOADED])
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from chexstack.blobstore import BlobStore
-from chexstack.ingest import UnreadableFile, Uploader
+from chexstack.ingest.uploader import UnreadableFile, Uploader
 from chexstack.settings import Limits
 
 

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from chexstack.ingest import IngestResult
+from chexstack.ingest.uploader import IngestResult
 from chexstack.notebook.env import NotebookSettings
 from chexstack.notebook.tracker import Event
 from chexstack.notebook.upload import UploadPanel

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from confluent_kafka import KafkaException
 
@@ -26,7 +27,12 @@ log = logging.getLogger(__name__)
 PUBLISH_TIMEOUT_S = 30.0
 
 
-class KafkaUnavailable(RuntimeError):
+class UploadUnavailable(RuntimeError):
+    """Nothing can be uploaded now (the brokers, the store or the ingest service); str(exc) says which
+    and what to check."""
+
+
+class KafkaUnavailable(UploadUnavailable):
     """The brokers cannot be reached (or lack the topic); str(exc) names the bootstrap servers."""
 
 
@@ -37,19 +43,79 @@ class UnreadableFile(ValueError):
 
 @dataclass(frozen=True)
 class IngestResult:
-    """The outcome for one file: an image_id, or the reason it was rejected."""
+    """The outcome for one file: an image_id, or the reason it was rejected.
+
+    `transient`: the file is fine but the platform could not take it now (the store or Kafka failed);
+    uploading it again later may succeed.
+    """
 
     name: str
     image_id: str | None
     reason: str | None
     duplicate: bool = False
+    transient: bool = False
 
     @property
     def ok(self) -> bool:
         return self.image_id is not None and self.reason is None
 
 
-class Uploader:
+class UploadTarget(ABC):
+    """Where files are uploaded to: `Uploader` (this process holds the key, the store and a Kafka
+    producer) or `chexstack.ingest.client.IngestClient` (the ingest service holds them). The CLI and the
+    notebooks work with either."""
+
+    limits: Limits
+
+    @abstractmethod
+    def check_connection(self, timeout_s: float = 10.0) -> None:
+        """Raise UploadUnavailable (naming what and where) unless an upload can go through now."""
+
+    @abstractmethod
+    def upload_bytes(self, data: bytes, name: str, patient_id: str | None = None) -> IngestResult:
+        """Validate, de-identify, store and publish one image; a bad image is a result with its reason."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; the target is not used afterwards."""
+
+    def read_path(self, path: Path) -> bytes:
+        """The bytes of a file to upload; its size is checked with stat before a byte is read.
+
+        Raises UnreadableFile: not a regular file, over limits.max_bytes, or unreadable.
+        """
+        max_bytes = self.limits.max_bytes
+        try:
+            st = path.stat()
+            if not path.is_file():
+                raise UnreadableFile("not a file")
+            if st.st_size > max_bytes:
+                raise UnreadableFile(f"file is {st.st_size} bytes, over the limit of {max_bytes}")
+            with path.open("rb") as f:
+                # One byte past the limit: a file that grew since stat() is still caught (by decode).
+                return f.read(max_bytes + 1)
+        except FileNotFoundError:
+            raise UnreadableFile("not a file") from None
+        except OSError as exc:
+            raise UnreadableFile(f"cannot read: {exc.strerror or exc}") from exc
+
+    def upload_path(self, path: Path, patient_id: str | None = None) -> IngestResult:
+        """Upload one file (read with `read_path`)."""
+        name = str(path)
+        try:
+            data = self.read_path(path)
+        except UnreadableFile as exc:
+            return IngestResult(name, None, str(exc))
+        return self.upload_bytes(data, name, patient_id)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Uploader(UploadTarget):
     """Uploads radiographs to one store and topic set; one Kafka producer for its lifetime."""
 
     def __init__(
@@ -90,34 +156,6 @@ class Uploader:
                 "create it with `chexstack kafka topics` (and the same --topic-prefix)"
             )
 
-    def read_path(self, path: Path) -> bytes:
-        """The bytes of a file to upload; its size is checked with stat before a byte is read.
-
-        Raises UnreadableFile: not a regular file, over limits.max_bytes, or unreadable.
-        """
-        try:
-            st = path.stat()
-            if not path.is_file():
-                raise UnreadableFile("not a file")
-            if st.st_size > self.limits.max_bytes:
-                raise UnreadableFile(f"file is {st.st_size} bytes, over the limit of {self.limits.max_bytes}")
-            with path.open("rb") as f:
-                # One byte past the limit: a file that grew since stat() is still caught (by decode).
-                return f.read(self.limits.max_bytes + 1)
-        except FileNotFoundError:
-            raise UnreadableFile("not a file") from None
-        except OSError as exc:
-            raise UnreadableFile(f"cannot read: {exc.strerror or exc}") from exc
-
-    def upload_path(self, path: Path, patient_id: str | None = None) -> IngestResult:
-        """Upload one file (read with `read_path`)."""
-        name = str(path)
-        try:
-            data = self.read_path(path)
-        except UnreadableFile as exc:
-            return IngestResult(name, None, str(exc))
-        return self.upload_bytes(data, name, patient_id)
-
     def upload_bytes(self, data: bytes, name: str, patient_id: str | None = None) -> IngestResult:
         """Validate, de-identify, store and publish one image; never raises for a bad image."""
         try:
@@ -134,7 +172,7 @@ class Uploader:
         try:
             uri = self.store.put(stored)
         except OSError as exc:
-            return IngestResult(name, None, f"cannot store: {exc}")
+            return IngestResult(name, None, f"cannot store: {exc}", transient=True)
         msg = Uploaded(
             image_id=image_id,
             sha256=sha,
@@ -151,7 +189,7 @@ class Uploader:
         except (PublishError, KafkaException, BufferError) as exc:
             # The blob stays but is not marked, so uploading the file again publishes it.
             log.warning("publishing %s failed: %s", image_id, exc)
-            return IngestResult(name, None, f"publish failed: {exc}")
+            return IngestResult(name, None, f"publish failed: {exc}", transient=True)
         self.store.mark_published(sha, topic)
         log.info("uploaded %s (%s, %d bytes)", image_id, fmt, len(stored))
         return IngestResult(name, image_id, None)
@@ -178,9 +216,3 @@ class Uploader:
     def close(self) -> None:
         """Deliver anything still queued; the uploader is not used afterwards."""
         self._producer.flush(self.publish_timeout_s)
-
-    def __enter__(self) -> Uploader:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
