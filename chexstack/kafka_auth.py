@@ -125,13 +125,14 @@ def service_acls(topics: Topics) -> list[Acl]:
         Acl("router", "topic", topics.control, "read"),
         Acl("router", "topic", topics.predictions, "write"),
         Acl("router", "topic", topics.dlq, "write"),
-        # ingest (uploads from the CLI and the notebook): writes uploads, reads their outcome
+        # ingest (the ingest service, and `chexstack upload` on the host): writes uploads, reads their
+        # outcome
         Acl("ingest", "topic", topics.uploaded, "write"),
         Acl("ingest", "topic", topics.predictions, "read"),
         Acl("ingest", "topic", topics.dlq, "read"),
-        # notebook (JupyterLab): uploads, and follows them through the pipeline (the result cards show
-        # the preprocessed thumbnail); never forges predictions or A/B weights
-        Acl("notebook", "topic", topics.uploaded, "write"),
+        # notebook (JupyterLab): follows uploads through the pipeline (the result cards show the
+        # preprocessed thumbnail); uploads go through the ingest service, which holds the pseudonym key.
+        # Never publishes: no uploads bypassing de-identification, no forged predictions or A/B weights.
         Acl("notebook", "topic", topics.preprocessed, "read"),
         Acl("notebook", "topic", topics.predictions, "read"),
         Acl("notebook", "topic", topics.dlq, "read"),
@@ -146,6 +147,14 @@ def service_acls(topics: Topics) -> list[Acl]:
         ]
     rules += [Acl(user, "group", READER_GROUP_PREFIX, "read", prefixed=True) for user in SERVICES]
     return rules
+
+
+def retired_acls(topics: Topics) -> list[Acl]:
+    """Rights earlier releases granted and this one takes back: `apply` deletes them from the broker."""
+    return [
+        # Uploads from the notebooks go through the ingest service now.
+        Acl("notebook", "topic", topics.uploaded, "write"),
+    ]
 
 
 def _binding(acl: Acl) -> Any:
@@ -180,12 +189,14 @@ def apply(
     *,
     timeout_s: float = 30.0,
 ) -> None:
-    """As the admin user (`passwords[ADMIN]`): create or update the services' SCRAM credentials, then add
-    their ACLs.
+    """As the admin user (`passwords[ADMIN]`): create or update the services' SCRAM credentials, add
+    their ACLs and delete the retired ones (`retired_acls`).
 
-    Idempotent: credentials are upserted and creating an ACL that exists is a no-op.
+    Idempotent: credentials are upserted, creating an ACL that exists and deleting one that does not are
+    no-ops.
     """
     from confluent_kafka.admin import (
+        AclBindingFilter,
         AdminClient,
         ScramCredentialInfo,
         ScramMechanism,
@@ -211,3 +222,16 @@ def apply(
             fut.result()
         except Exception as exc:
             raise RuntimeError(f"cannot create the Kafka ACL {binding}: {exc}") from exc
+    # A binding with exact values is a filter that matches only itself.
+    retired = [_binding(a) for a in retired_acls(topics)]
+    filters = [
+        AclBindingFilter(
+            b.restype, b.name, b.resource_pattern_type, b.principal, b.host, b.operation, b.permission_type
+        )
+        for b in retired
+    ]
+    for rule, fut in admin.delete_acls(filters, request_timeout=timeout_s).items():
+        try:
+            fut.result()
+        except Exception as exc:
+            raise RuntimeError(f"cannot delete the retired Kafka ACL {rule}: {exc}") from exc

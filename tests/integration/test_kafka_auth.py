@@ -11,13 +11,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
 
 from chexstack import kafka_auth
 from chexstack.blobstore import open_store
 from chexstack.broker import Broker
 from chexstack.bus import PublishError, ReadError, TopicReader, make_producer, produce_sync
 from chexstack.deid import load_or_create_key
-from chexstack.ingest import Uploader
+from chexstack.ingest.uploader import Uploader
 from chexstack.settings import Limits
 from chexstack.synth import make_png, render_radiograph
 from chexstack.topics import Topics, ensure_topics
@@ -60,9 +61,11 @@ def connect_as(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
 
 
 def refused_write(bootstrap: str, topic: str) -> str:
+    """Why the broker refused a write. A user who may write no topic at all (the notebooks') cannot even
+    start an idempotent producer: a fatal CLUSTER_AUTHORIZATION_FAILED instead of a topic's refusal."""
     try:
         produce_sync(make_producer(bootstrap), topic, "forged", b"{}", timeout_s=10)
-    except PublishError as exc:
+    except (PublishError, KafkaException) as exc:
         return str(exc)
     raise AssertionError(f"the broker accepted a write to {topic}")
 
@@ -145,6 +148,9 @@ def test_the_broker_refuses_strangers_and_services_outside_their_acls(
     assert denied in refused_write(bootstrap, t.uploaded)
     connect_as(monkeypatch, auth_broker.client_env("hub"))
     assert "may not read topic " + t.predictions in refused_read(bootstrap, t.predictions)
+    connect_as(monkeypatch, auth_broker.client_env("notebook"))  # uploads go through the ingest service
+    for topic in (t.uploaded, t.predictions, t.control):
+        assert "AUTHORIZATION_FAILED" in refused_write(bootstrap, topic)
 
     # What each may do, it can: the refusals above are the ACLs, not a broken login.
     connect_as(monkeypatch, auth_broker.client_env("hub"))
@@ -153,3 +159,24 @@ def test_the_broker_refuses_strangers_and_services_outside_their_acls(
     with TopicReader(bootstrap, t.dlq, timeout_s=10) as reader:
         reader.start()
         assert list(reader.messages(timeout_s=10)) == []
+
+
+def test_apply_takes_back_what_an_earlier_release_granted(
+    auth_broker: Broker, auth_topics: Topics, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker set up by an earlier release let the notebooks publish uploads; `apply` (every `make up`)
+    deletes that right, so an upgraded platform is as strict as a new one."""
+    from confluent_kafka.admin import AdminClient
+
+    bootstrap, t = auth_broker.bootstrap, auth_topics
+    admin = AdminClient({"bootstrap.servers": bootstrap, **auth_broker.admin_config()})
+    for fut in admin.create_acls([kafka_auth._binding(a) for a in kafka_auth.retired_acls(t)]).values():
+        fut.result()
+    connect_as(monkeypatch, auth_broker.client_env("notebook"))
+    produce_sync(make_producer(bootstrap), t.uploaded, "earlier", b"{}", timeout_s=10)  # the old right
+
+    kafka_auth.apply(bootstrap, auth_broker.passwords(), t)
+    assert "AUTHORIZATION_FAILED" in refused_write(bootstrap, t.uploaded)
+    # Applying again finds nothing to take back and changes nothing.
+    kafka_auth.apply(bootstrap, auth_broker.passwords(), t)
+    assert "AUTHORIZATION_FAILED" in refused_write(bootstrap, t.uploaded)

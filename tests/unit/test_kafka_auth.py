@@ -105,7 +105,6 @@ def test_each_service_may_do_only_what_it_needs() -> None:
         ("topic", "write", "p.chexstack.control"),
     }
     assert rights(acls, "notebook") == {
-        ("topic", "write", "p.xray.uploaded"),
         ("topic", "read", "p.xray.preprocessed"),
         ("topic", "read", "p.xray.predictions"),
         ("topic", "read", "p.xray.dlq"),
@@ -117,6 +116,13 @@ def test_each_service_may_do_only_what_it_needs() -> None:
         *((user, "group", "chexstack-reader-") for user in kafka_auth.SERVICES),
     }
     assert not any(a.user == kafka_auth.ADMIN for a in acls)  # the super user needs none
+
+
+def test_retired_rights_are_granted_no_more() -> None:
+    t = Topics("p.")
+    retired = kafka_auth.retired_acls(t)
+    assert Acl("notebook", "topic", "p.xray.uploaded", "write") in retired
+    assert not set(retired) & set(service_acls(t))
 
 
 def test_acls_become_admin_client_bindings() -> None:
