@@ -35,6 +35,7 @@ PROJECTS = [
         "serving_project_name",
         "workers_project_name",
         "hub_project_name",
+        "ingest_project_name",
         "jupyter_project_name",
         "tensorboard_project_name",
     )
@@ -45,11 +46,14 @@ TOPIC_PREFIX = VARS.get("chexstack_topic_prefix", "")
 DATA_DIR = Path(VARS["chexstack_data_dir"])
 JUPYTER_URL = f"http://127.0.0.1:{VARS['chexstack_jupyter_port']}"
 HUB_URL = f"http://127.0.0.1:{VARS['chexstack_hub_port']}"
+INGEST_URL = f"http://127.0.0.1:{VARS['chexstack_ingest_port']}"
 TENSORBOARD_URL = f"http://127.0.0.1:{VARS['chexstack_tensorboard_port']}"
 SECRETS_DIR = DATA_DIR / "secrets"
 JUPYTER_TOKEN_FILE = SECRETS_DIR / "jupyter-token"
 HUB_TOKEN_FILE = SECRETS_DIR / "hub-token"
 HUB_READ_TOKEN_FILE = SECRETS_DIR / "hub-read-token"
+INGEST_TOKEN_FILE = SECRETS_DIR / "ingest-token"
+PSEUDONYM_KEY_FILE = SECRETS_DIR / "pseudonym-key"
 KAFKA_USERS_DIR = SECRETS_DIR / "kafka"
 # The JupyterLab container's work directory (its root) and where the host sees it.
 JUPYTER_WORK_DIR = "/home/chexstack/work"
@@ -213,20 +217,9 @@ def kafka_env(user: str) -> dict[str, str]:
     }
 
 
-def kafka_user_args(user: str) -> list[str]:
-    """`docker run` arguments that log a one-shot chexstack container in to Kafka as `user`."""
-    return [
-        "--volume",
-        f"{password_file(KAFKA_USERS_DIR, user)}:/run/secrets/kafka_{user}:ro",
-        "--env",
-        f"CHEXSTACK_KAFKA_USER={user}",
-        "--env",
-        f"CHEXSTACK_KAFKA_PASSWORD_FILE=/run/secrets/kafka_{user}",
-    ]
-
-
 def upload_in_container(count: int, seed: int) -> list[str]:
-    """Synthetic PNG and DICOM files uploaded inside a one-shot chexstack container on the network."""
+    """Synthetic PNG and DICOM files uploaded through the ingest service from a one-shot chexstack container
+    on the network, as the notebooks upload: with the ingest token, without the key or the store."""
     ref = python_image()
     out = docker(
         "run",
@@ -234,19 +227,15 @@ def upload_in_container(count: int, seed: int) -> list[str]:
         "--network",
         VARS["chexstack_network"],
         "--volume",
-        f"{VARS['chexstack_blobs_volume']}:/var/lib/chexstack/blobs",
+        f"{INGEST_TOKEN_FILE}:/run/secrets/ingest_token:ro",
         "--env",
-        "CHEXSTACK_KAFKA=kafka:9092",
-        *kafka_user_args("ingest"),
-        "--env",
-        f"CHEXSTACK_TOPIC_PREFIX={TOPIC_PREFIX}",
-        "--env",
-        "CHEXSTACK_STORE=/var/lib/chexstack/blobs",
+        "CHEXSTACK_INGEST_TOKEN_FILE=/run/secrets/ingest_token",
         ref,
         "bash",
         "-c",
         f"chexstack data synth --out /tmp/s --count {count} --seed {seed} >/dev/null && "
-        "chexstack upload /tmp/s/images /tmp/s/dicom --patient-id MRN-E2E-0001",
+        "chexstack upload --ingest-url http://ingest:8700 /tmp/s/images /tmp/s/dicom "
+        "--patient-id MRN-E2E-0001",
     )
     ids = [line.split("\t")[1] for line in out.splitlines() if "\t" in line]
     assert ids and all(re.fullmatch(r"[0-9a-f]{32}", i) for i in ids), out

@@ -29,6 +29,7 @@ ROLES = [
     "serving",
     "workers",
     "hub",
+    "ingest",
     "jupyter",
     "tensorboard",
     "trainer",

@@ -72,7 +72,7 @@ def test_first_run_provisions_everything_and_smoke_passes(e2e_platform: Platform
 def test_every_container_healthy_on_loopback_only(e2e_platform: Platform) -> None:
     rows = wait_healthy()
     services = {r["Service"] for r in rows}
-    assert {"kafka", "serving", "preprocess", "router", "hub", "jupyter", "tensorboard"} <= services
+    assert {"kafka", "serving", "preprocess", "router", "hub", "ingest", "jupyter", "tensorboard"} <= services
     for r in rows:
         for pub in r.get("Publishers") or []:
             if pub["PublishedPort"]:

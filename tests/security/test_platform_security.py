@@ -12,24 +12,30 @@ reuses a running one). Each test tries what a local user or a notebook user coul
   4. poison messages on both input topics and the control topic: dead letters naming why (a log line
      for control), the workers are neither restarted nor stopped, and later uploads are predicted;
   5. the patient identifier of the uploads is in no log, topic or volume;
-  6. Kafka: a client without a user gets nothing; the notebooks' user can neither forge predictions
-     nor set A/B weights, and the upload CLI's user (ingest) cannot read the preprocessed pixels.
+  6. Kafka: a client without a user gets nothing; the notebooks' user can neither forge predictions,
+     set A/B weights nor publish uploads, and the ingest service's user cannot read the preprocessed
+     pixels;
+  7. trust boundaries: a notebook user holds no pseudonym key (in no variable, secret or file it can
+     read), cannot write the blob store, and uploads only through the ingest service, whose key is the
+     one that makes the pseudonyms.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 import uuid
 
 import pytest
-from confluent_kafka import KafkaError
 
 from chexstack import kafka_auth
 from chexstack.bus import ReadError, TopicReader, make_producer, produce_sync
-from chexstack.messages import AbConfig, DeadLetter, decode
+from chexstack.deid import pseudonym
+from chexstack.messages import AbConfig, DeadLetter, Uploaded, decode
 from chexstack.predictions import read_predictions
 from chexstack.topics import Topics
 from tests.http_probes import raw_exchange, split_reply
@@ -38,10 +44,13 @@ from tests.platform_instance import (
     DATA_DIR,
     HUB_READ_TOKEN_FILE,
     HUB_TOKEN_FILE,
+    INGEST_TOKEN_FILE,
+    INGEST_URL,
     JUPYTER_TOKEN_FILE,
     JUPYTER_WORK_DIR_ON_HOST,
     KAFKA,
     KAFKA_USERS_DIR,
+    PSEUDONYM_KEY_FILE,
     SECRETS_DIR,
     TENSORBOARD_URL,
     TOPIC_PREFIX,
@@ -70,6 +79,7 @@ pytestmark = pytest.mark.timeout(3600)
 MODEL = VARS["chexstack_model_name"]
 SERVING_REST_PORT = int(VARS["chexstack_serving_rest_port"])
 HUB_PORT = int(VARS["chexstack_hub_port"])
+INGEST_PORT = int(VARS["chexstack_ingest_port"])
 # What upload_in_container gives as the patient id: pseudonymized at upload, never stored.
 PATIENT_ID = "MRN-E2E-0001"
 
@@ -109,6 +119,7 @@ def test_tokens_are_secret_files_and_data_is_private(e2e_platform: Platform) -> 
     """Tokens reach containers as compose secrets, never as environment variables; data dirs 0750."""
     read_token = hub_read_token()
     tokens = {"jupyter": jupyter_token(), "hub": hub_token(), "hub read": read_token}
+    tokens |= {"ingest": INGEST_TOKEN_FILE.read_text().strip(), "key": PSEUDONYM_KEY_FILE.read_text().strip()}
     tokens |= {
         f"kafka {u}": kafka_auth.password_file(KAFKA_USERS_DIR, u).read_text().strip()
         for u in kafka_auth.USERS
@@ -119,7 +130,14 @@ def test_tokens_are_secret_files_and_data_is_private(e2e_platform: Platform) -> 
             assert all(token not in variable for variable in env), (r["Name"], name)
     assert SECRETS_DIR.stat().st_mode & 0o777 == 0o700
     kafka_files = [kafka_auth.password_file(KAFKA_USERS_DIR, user) for user in kafka_auth.USERS]
-    for token_file in (JUPYTER_TOKEN_FILE, HUB_TOKEN_FILE, HUB_READ_TOKEN_FILE, *kafka_files):
+    secret_files = (
+        JUPYTER_TOKEN_FILE,
+        HUB_TOKEN_FILE,
+        HUB_READ_TOKEN_FILE,
+        INGEST_TOKEN_FILE,
+        PSEUDONYM_KEY_FILE,
+    )
+    for token_file in (*secret_files, *kafka_files):
         st = token_file.stat()  # root, and the services' group
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (0, 10001, 0o640), token_file
     for private in (JUPYTER_WORK_DIR_ON_HOST, DATA_DIR / "data"):
@@ -169,7 +187,7 @@ def test_http_servers_bound_what_a_client_can_make_them_hold(e2e_platform: Platf
     # Connections that never finish their request: the servers drop them after their read timeout
     # (checked last, so the probes below run meanwhile).
     idle = []
-    for port in (SERVING_REST_PORT, HUB_PORT):
+    for port in (SERVING_REST_PORT, HUB_PORT, INGEST_PORT):
         sock = socket.create_connection(("127.0.0.1", port), timeout=300)
         sock.sendall(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n")  # no blank line: the headers never end
         idle.append(sock)
@@ -182,6 +200,15 @@ def test_http_servers_bound_what_a_client_can_make_them_hold(e2e_platform: Platf
     rollback = f"POST /v1/models/{MODEL}/rollback HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {admin}\r\n"
     status, _, error = json_reply(HUB_PORT, f"{rollback}Content-Length: {1 << 20}\r\n\r\n".encode())
     assert (status, error) == (400, f"request body larger than {64 << 10} bytes")  # the hub's own status
+    ingest_token = INGEST_TOKEN_FILE.read_text().strip()
+    upload = f"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ingest_token}\r\n"
+    status, _, error = json_reply(INGEST_PORT, f"{upload}Content-Length: {100 << 20}\r\n\r\n".encode())
+    assert (status, error) == (413, f"file is {100 << 20} bytes, over the limit of {64 << 20}")
+    # Without the token nothing is read or stored, whatever the body.
+    status, _, error = json_reply(
+        INGEST_PORT, b"POST /v1/uploads HTTP/1.1\r\nHost: x\r\nContent-Length: 9\r\n\r\n"
+    )
+    assert (status, error) == (401, "missing or wrong bearer token")
 
     # A rollback whose body is cut short is a 400, and nothing is rolled back.
     def state() -> tuple[object, int]:
@@ -206,7 +233,7 @@ def test_http_servers_bound_what_a_client_can_make_them_hold(e2e_platform: Platf
         400,
         "JSON Parse error: arrays or objects are nested too deeply",
     )  # as TF Serving words it
-    for port in (SERVING_REST_PORT, HUB_PORT):
+    for port in (SERVING_REST_PORT, HUB_PORT, INGEST_PORT):
         status, headers, error = json_reply(port, b"BREW /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == 405 and "GET" in headers["allow"], (port, headers, error)
 
@@ -235,33 +262,40 @@ def test_kafka_lets_each_user_do_only_what_its_acls_allow(
         monkeypatch.delenv(name)
     with pytest.raises(ReadError, match="if the broker requires authentication"):
         TopicReader(KAFKA, Topics(TOPIC_PREFIX).predictions, timeout_s=15)
-    # The upload CLI's user sees the outcome of uploads, never the pixels.
+    # The ingest service's user sees the outcome of uploads, never the pixels.
     for name, value in kafka_env("ingest").items():
         monkeypatch.setenv(name, value)
     with pytest.raises(ReadError, match="Kafka user ingest may not read topic"):
         TopicReader(KAFKA, Topics(TOPIC_PREFIX).preprocessed, timeout_s=30)
     TopicReader(KAFKA, Topics(TOPIC_PREFIX).predictions, timeout_s=30).close()
-    # The notebook container's own credentials, as a notebook user would use them: a forged prediction
-    # and new A/B weights are both refused by the broker.
+    # The notebook container's own credentials, as a notebook user would use them: a forged prediction,
+    # new A/B weights and an upload that skips the ingest service (its de-identification) are refused.
+    # The notebooks' user may write no topic, so the broker refuses even an idempotent producer's start
+    # (CLUSTER_AUTHORIZATION_FAILED) where another user gets the topic's refusal: either is a refusal.
     probe = (
         "import json, os\n"
+        "from confluent_kafka import KafkaException\n"
         "from chexstack.bus import make_producer\n"
         "from chexstack.topics import Topics\n"
         "t = Topics(os.environ.get('CHEXSTACK_TOPIC_PREFIX', ''))\n"
         "out = {'user': os.environ.get('CHEXSTACK_KAFKA_USER')}\n"
-        "producer = make_producer(os.environ['CHEXSTACK_KAFKA'])\n"
-        "for topic in (t.predictions, t.control):\n"
-        "    errors = out.setdefault(topic, [])\n"
-        "    producer.produce(topic, b'{}', key=b'chexnet',\n"
-        "                     on_delivery=lambda e, m, errors=errors: errors.append(e and e.code()))\n"
-        "producer.flush(30)\n"
+        "for topic in (t.predictions, t.control, t.uploaded):\n"
+        "    outcome = out.setdefault(topic, [])\n"
+        "    producer = make_producer(os.environ['CHEXSTACK_KAFKA'])\n"
+        "    try:\n"
+        "        producer.produce(topic, b'{}', key=b'chexnet',\n"
+        "                         on_delivery=lambda e, m, o=outcome: o.append(e and e.name()))\n"
+        "        producer.flush(30)\n"
+        "    except KafkaException as exc:\n"
+        "        outcome.append(exc.args[0].name())\n"
         "print(json.dumps(out))\n"
     )
     out = json.loads(docker("exec", jupyter_container(), "python", "-c", probe).strip().splitlines()[-1])
     topics = Topics(TOPIC_PREFIX)
     assert out["user"] == "notebook", out
-    denied = [KafkaError.TOPIC_AUTHORIZATION_FAILED]
-    assert out[topics.predictions] == denied and out[topics.control] == denied, out
+    for topic in (topics.predictions, topics.control, topics.uploaded):
+        # Never delivered (None), refused for authorization (a fatal error may add a _FATAL report).
+        assert None not in out[topic] and any(o.endswith("AUTHORIZATION_FAILED") for o in out[topic]), out
 
 
 def test_poison_messages_are_dead_letters_and_the_workers_go_on(e2e_platform: Platform) -> None:
@@ -316,3 +350,57 @@ def test_no_patient_identifier_in_logs_topics_or_volumes(e2e_platform: Platform)
         "--entrypoint", "grep", python_image(), "-rlaF", PATIENT_ID, "/v", check=False,
     )  # fmt: skip
     assert found == "", found
+
+
+def test_a_notebook_user_holds_no_pseudonym_key_and_uploads_through_ingest(e2e_platform: Platform) -> None:
+    """With the key and a list of MRNs a notebook user could reverse every pseudonym: the key lives only in
+    the ingest service (and the trainer job), the notebooks upload through it and cannot write the store."""
+    key = PSEUDONYM_KEY_FILE.read_text().strip()
+    jupyter = jupyter_container()
+    # Nowhere a notebook user can read: secrets, the store, home, /tmp, /etc. grep lists the files that
+    # hold it (none) and exits 1, or 2 when some file was unreadable to the user (e.g. /etc/shadow).
+    places = ["/run", "/var/lib/chexstack", "/home", "/tmp", "/etc"]
+    found = subprocess.run(
+        ["docker", "exec", jupyter, "grep", "-rlsF", "-e", key, *places],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert found.stdout == "" and found.returncode in (1, 2), found.stdout + found.stderr
+    probe = (
+        "import json, os, pathlib\n"
+        "from chexstack.ingest.client import IngestClient\n"
+        "from chexstack.notebook.env import NotebookSettings\n"
+        "from chexstack.synth import make_png, render_radiograph\n"
+        "import numpy as np\n"
+        "s = NotebookSettings.from_env()\n"
+        "store = pathlib.Path(s.store)\n"
+        "try:\n"
+        "    (store / 'forged').write_bytes(b'x')\n"
+        "    write = 'written'\n"
+        "except OSError as exc:\n"
+        "    write = exc.strerror\n"
+        "rng = np.random.default_rng(int.from_bytes(os.urandom(4)))\n"
+        "png = make_png(render_radiograph(rng, [], size=128))\n"
+        "with IngestClient(s.ingest_url, s.ingest_token, limits=s.limits) as client:\n"
+        "    client.check_connection()\n"
+        "    result = client.upload_bytes(png, 'probe.png', 'MRN-SECURITY-7')\n"
+        "print(json.dumps({'env': sorted(k for k in os.environ if 'PSEUDONYM' in k),\n"
+        "                  'old_key': (store / '.pseudonym-key').exists(), 'write': write,\n"
+        "                  'image_id': result.image_id, 'reason': result.reason}))\n"
+    )
+    out = json.loads(docker("exec", jupyter, "python", "-c", probe).strip().splitlines()[-1])
+    assert out["env"] == [] and out["old_key"] is False, out
+    assert out["write"] == "Read-only file system", out
+    assert out["reason"] is None and re.fullmatch(r"[0-9a-f]{32}", out["image_id"] or ""), out
+    # The ingest service made the pseudonym with the key file's key: the upload is on the topic with it.
+    uploaded = {
+        m.image_id: m
+        for m in (decode(Uploaded, v) for _, v in read_topic(KAFKA, Topics(TOPIC_PREFIX).uploaded))
+    }
+    assert uploaded[out["image_id"]].patient == pseudonym(key.encode(), "MRN-SECURITY-7")
+    # The service answers nothing without its token.
+    request = urllib.request.Request(f"{INGEST_URL}/v1/status")
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=30)
+    assert refused.value.code == 401
