@@ -18,7 +18,6 @@ from chexstack.settings import (
     PseudonymKeyOpt,
     StoreOpt,
     TopicPrefixOpt,
-    configured_pseudonym_key,
     option,
     secret,
 )
@@ -69,24 +68,15 @@ def serve(
     import signal
     import threading
 
-    from chexstack.blobstore import open_store
-    from chexstack.deid import load_or_create_key
+    from chexstack.commands.upload import local_uploader
     from chexstack.ingest.api import IngestServer
-    from chexstack.ingest.uploader import Uploader
 
+    limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels)
     try:
         token = token if token is not None else secret("CHEXSTACK_INGEST_TOKEN")
-        blobs = open_store(store)
-        key = load_or_create_key(blobs, configured_pseudonym_key(pseudonym_key))
+        uploader = local_uploader(kafka, store, pseudonym_key, limits, Topics(topic_prefix))
     except (OSError, ValueError) as exc:
         raise fail(exc) from exc
-    uploader = Uploader(
-        bootstrap=kafka,
-        store=blobs,
-        key=key,
-        limits=Limits(max_bytes=max_bytes, max_pixels=max_pixels),
-        topics=Topics(topic_prefix),
-    )
     try:
         server = IngestServer((host, port), uploader, token=token)
     except OSError as exc:
@@ -97,7 +87,7 @@ def serve(
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     required = "required" if token else "off"
-    typer.echo(f"ingest API on {server.url} (store {blobs.root}, Kafka {kafka}, token {required})")
+    typer.echo(f"ingest API on {server.url} (store {uploader.store.root}, Kafka {kafka}, token {required})")
     try:
         server.serve_forever(poll_interval=0.5)
     finally:

@@ -27,7 +27,7 @@ from chexstack.settings import (
 from chexstack.topics import Topics
 
 if TYPE_CHECKING:
-    from chexstack.ingest.uploader import UploadTarget
+    from chexstack.ingest.uploader import Uploader, UploadTarget
 
 
 def _files(paths: list[Path]) -> Iterator[Path]:
@@ -82,7 +82,7 @@ def upload(
         target: UploadTarget = (
             _service(ingest_url, limits)
             if ingest_url
-            else _uploader(kafka, store, pseudonym_key, limits, Topics(topic_prefix))
+            else local_uploader(kafka, store, pseudonym_key, limits, Topics(topic_prefix))
         )
     except (OSError, ValueError) as exc:
         where = "ingest service" if ingest_url else "blob store"
@@ -115,10 +115,12 @@ def _service(url: str, limits: Limits) -> UploadTarget:
     return IngestClient(url, secret("CHEXSTACK_INGEST_TOKEN"), limits=limits)
 
 
-def _uploader(
+def local_uploader(
     kafka: str, store: str | None, pseudonym_key: str | None, limits: Limits, topics: Topics
-) -> UploadTarget:
-    """This process as the uploader: the store, its pseudonym key and a Kafka producer."""
+) -> Uploader:
+    """This process as the uploader: the store, its pseudonym key (--pseudonym-key, its _FILE, or the
+    store's) and a Kafka producer; `chexstack ingest serve` runs the same. Raises OSError or ValueError
+    for a store or key that cannot be used."""
     from chexstack.blobstore import open_store
     from chexstack.deid import load_or_create_key
     from chexstack.ingest.uploader import Uploader
