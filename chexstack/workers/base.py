@@ -75,6 +75,9 @@ class Output:
     topic: str
     key: str | None
     value: bytes
+    # A dead letter's reason: logged once the batch is committed, so an image that goes to the DLQ is
+    # never silent in the worker's log.
+    reason: str | None = None
 
 
 class Retry(Exception):
@@ -117,7 +120,7 @@ def dead_letter(msg: Message, dlq_topic: str, worker: str, reason: str, error_ty
         payload_b64=base64.b64encode(value[:MAX_PAYLOAD_BYTES]).decode(),
         payload_bytes=len(value),
     )
-    return Output(dlq_topic, letter.key, letter.to_bytes())
+    return Output(dlq_topic, letter.key, letter.to_bytes(), reason=f"{letter.source_topic}: {letter.reason}")
 
 
 def unexpected_dead_letter(msg: Message, dlq_topic: str, worker: str, exc: Exception) -> Output:
@@ -403,7 +406,17 @@ class BatchWorker:
         self.stats.consumed += len(msgs)
         self.stats.produced += len(outputs)
         if self.dlq_topic:
-            self.stats.dead_letters += sum(1 for o in outputs if o.topic == self.dlq_topic)
+            letters = [o for o in outputs if o.topic == self.dlq_topic]
+            self.stats.dead_letters += len(letters)
+            for letter in letters:
+                # One line each, whatever the key or the reason holds (a poison message chooses both).
+                log.warning(
+                    "%s: dead letter for %r in %s: %s",
+                    self.name,
+                    letter.key,
+                    self.dlq_topic,
+                    " ".join((letter.reason or "").split()),
+                )
 
     def _call(
         self, call: str, step: Callable[[float], None], msgs: Sequence[Message], deadline: float

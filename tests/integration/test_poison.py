@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from chexstack.ab import publish_weights
 from chexstack.bus import make_producer, produce_sync
+from chexstack.cli import app
 from chexstack.ingest.uploader import Uploader
 from chexstack.messages import AbConfig, DeadLetter, decode
 from chexstack.topics import Topics
@@ -106,3 +108,19 @@ def test_poison_on_every_topic_never_stops_the_workers_and_later_messages_flow(
             # The original is kept for a replay; an oversized one only up to the limit, so that the
             # dead letter itself stays under the broker's message size limit.
             assert base64.b64decode(letter.payload_b64) == (value or b"")[:MAX_PAYLOAD_BYTES]
+    # `predictions --image-id` names a dead-lettered image with the reason instead of waiting for it,
+    # next to an image that was predicted.
+    result = CliRunner().invoke(
+        app,
+        ["predictions", "--image-id", "poison-not-json", "--image-id", preds[0].image_id, "--timeout", "60"],
+        env={"CHEXSTACK_KAFKA": kafka, "CHEXSTACK_TOPIC_PREFIX": t.prefix},
+    )
+    assert result.exit_code == 1, result.output
+    assert preds[0].image_id in result.stdout and "poison-not-json" not in result.stdout
+    assert f"poison-not-json: no prediction: in {t.dlq} since " in result.stderr, result.stderr
+    assert "not UTF-8 JSON" in result.stderr, result.stderr  # (preprocess and router both refused it)
+    # And each worker said so in its log, one line per dead letter: no image goes to the DLQ silently.
+    for proc, topic in ((procs[0], t.uploaded), (procs[1], t.preprocessed)):
+        for name in POISON:
+            line = f"dead letter for 'poison-{name}' in {t.dlq}: {topic}: "
+            assert proc.text().count(line) == 1, (proc.name, line, proc.text()[-3000:])
