@@ -7,15 +7,54 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from confluent_kafka import Message
 
 from chexstack.bus import ReadError, TopicMissing, TopicReader, make_producer, produce_sync
 from chexstack.messages import AbConfig, BadMessage, decode
 
+if TYPE_CHECKING:
+    from chexstack.serving_client import ServingClient
+
 log = logging.getLogger(__name__)
 
 LATEST = "latest"  # the variant name used when no weights are configured
+# The platform's version labels: what a refusal lists as there or not when serving lacks a label
+# (TF Serving has no call that lists a model's labels).
+PLATFORM_LABELS = ("stable", "canary")
+
+
+class UnknownLabel(ValueError):
+    """Weights give traffic to a variant serving does not resolve: every image of it would be a dead
+    letter. str(exc) names the labels serving has."""
+
+
+def unknown_labels(client: ServingClient, model_name: str, weights: dict[str, int]) -> list[str]:
+    """The variants that get traffic and that serving resolves to no version, in name order.
+
+    Raises ServingError when serving cannot answer."""
+    return [v for v, w in sorted(weights.items()) if w > 0 and client.label_version(model_name, v) is None]
+
+
+def check_labels(client: ServingClient, model_name: str, weights: dict[str, int]) -> None:
+    """Raise UnknownLabel unless serving resolves every variant that gets traffic (ServingError when it
+    cannot answer): what `chexstack ab set` and the hub ask before they publish weights."""
+    unknown = unknown_labels(client, model_name, weights)
+    if not unknown:
+        return
+    candidates = sorted(set(PLATFORM_LABELS) | set(weights))
+    has = {label: v for label in candidates if (v := client.label_version(model_name, label)) is not None}
+    its = (
+        "its labels: " + ", ".join(f"{k} -> version {v}" for k, v in has.items())
+        if has
+        else f"it has none of {', '.join(candidates)}: a `chexstack serve --model-base-path` has no labels,"
+        " serve a models.config with version_labels (--model-config-file)"
+    )
+    raise UnknownLabel(
+        f"serving at {client.target} knows no label {', '.join(map(repr, unknown))} for {model_name!r} "
+        f"({its}); the weights were not changed, else every image of that variant would be a dead letter"
+    )
 
 
 def parse_weights(text: str | list[str]) -> dict[str, int]:

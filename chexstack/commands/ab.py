@@ -8,10 +8,12 @@ import typer
 
 from chexstack.settings import (
     DEFAULT_KAFKA,
+    DEFAULT_SERVING,
     DEFAULT_TOPIC_PREFIX,
     HubOpt,
     KafkaOpt,
     ModelConfigFileOpt,
+    ServingOpt,
     TopicPrefixOpt,
     default_hub,
 )
@@ -29,13 +31,16 @@ def set_weights(
     ] = None,
     kafka: KafkaOpt = DEFAULT_KAFKA,
     topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
+    serving: ServingOpt = DEFAULT_SERVING,
     hub: HubOpt = None,
     model_config_file: ModelConfigFileOpt = None,
 ) -> None:
     """Set the weights; running routers apply them within a second, without a restart.
 
-    Recorded as a serve job in the hub when one is configured (--hub) or exists at the default place;
-    with --model-config-file, a variant that gets traffic must be one of the model's version labels.
+    A variant that gets traffic must be a version label serving (--serving) resolves, else the weights
+    are refused and the labels serving has are named: every image of an unknown variant would be a dead
+    letter. Recorded as a serve job in the hub when one is configured (--hub) or exists at the default
+    place; with --model-config-file the variant must also be one of the model's labels there.
     """
     from chexstack.ab import parse_weights, publish_weights
     from chexstack.topics import Topics
@@ -49,19 +54,24 @@ def set_weights(
         from chexstack.commands.hub import service
 
         with service(
-            hub_path, model_config_file=model_config_file, kafka=kafka, topic_prefix=topic_prefix
+            hub_path,
+            model_config_file=model_config_file,
+            serving=serving,
+            kafka=kafka,
+            topic_prefix=topic_prefix,
         ) as svc:
             job = svc.set_ab(model_name, parsed)
         suffix = f" (hub job {job.id})"
     else:
-        if model_config_file is not None:
-            from chexstack.commands.hub import fail
-            from chexstack.hub.service import ServiceError, check_variants
+        from chexstack.commands.hub import fail
+        from chexstack.hub.service import ServiceError, check_serving_labels, check_variants
 
-            try:
+        try:
+            if model_config_file is not None:
                 check_variants(model_config_file, model_name, parsed)
-            except ServiceError as exc:
-                raise fail(exc) from exc
+            check_serving_labels(serving, model_name, parsed)
+        except ServiceError as exc:
+            raise fail(exc) from exc
         publish_weights(kafka, Topics(topic_prefix).control, model_name, parsed)
         suffix = ""
     typer.echo(

@@ -20,6 +20,7 @@ from typing import Any, Final
 import yaml
 
 import chexstack
+from chexstack.ab import PLATFORM_LABELS
 from chexstack.hub import modelsconfig
 from chexstack.hub.handoff import AVAILABLE, apply_label
 from chexstack.hub.store import FINISHED, RERUN_JOB_ENV, Hub, HubError, Job, JobNotFound
@@ -27,8 +28,10 @@ from chexstack.settings import DEFAULT_KAFKA, DEFAULT_SERVING, default_model_bas
 
 log = logging.getLogger(__name__)
 
-LABELS: Final = ("stable", "canary")
+LABELS: Final = PLATFORM_LABELS
 DEFAULT_PROJECT: Final = "default"
+# How long `ab set` waits for serving's answer on each label it asks about.
+LABEL_CHECK_TIMEOUT_S: Final = 10.0
 
 
 class ServiceError(RuntimeError):
@@ -370,6 +373,7 @@ class Service:
             raise ServiceError(str(exc)) from exc
         if self.settings.model_config_file is not None:
             check_variants(self.settings.model_config_file, name, parsed)
+        check_serving_labels(self.settings.serving, name, parsed)
         project, variation = self._where(name, None)
         job_id = self.hub.start_job(
             "serve", project, variation, name, self._serve_spec("ab", name, weights=parsed)
@@ -381,6 +385,26 @@ class Service:
             raise Unavailable(f"cannot publish A/B weights to {self.settings.kafka}: {exc}") from exc
         self.hub.finish_job(job_id, "succeeded", {"weights": parsed})
         return self.hub.get_job(job_id)
+
+
+def check_serving_labels(serving: str, name: str, weights: dict[str, int]) -> None:
+    """Serving must resolve every variant that gets traffic (routers refuse weights it does not):
+    Conflict naming the labels it has, Unavailable when it cannot be asked."""
+    if not any(w > 0 for w in weights.values()):
+        return
+    from chexstack.ab import UnknownLabel, check_labels
+    from chexstack.serving_client import ServingClient, ServingError
+
+    try:
+        with ServingClient(serving, timeout_s=LABEL_CHECK_TIMEOUT_S) as client:
+            check_labels(client, name, weights)
+    except UnknownLabel as exc:
+        raise Conflict(str(exc)) from exc
+    except ServingError as exc:
+        raise Unavailable(
+            f"cannot ask serving at {serving} for the labels of {name!r} ({exc}); is it running, and "
+            "--serving/CHEXSTACK_SERVING right? The weights were not changed"
+        ) from exc
 
 
 def check_variants(model_config_file: Path, name: str, weights: dict[str, int]) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from confluent_kafka import Message
 
-from chexstack.ab import LATEST, ControlFollower, choose_variant
+from chexstack.ab import LATEST, ControlFollower, choose_variant, unknown_labels
 from chexstack.messages import AbConfig, BadMessage, Latency, Prediction, Preprocessed, decode, now_ms
 from chexstack.serving_client import ServingClient, ServingError
 from chexstack.topics import Topics
@@ -122,17 +122,13 @@ def serving_knows_labels(client: ServingClient, model_name: str) -> Callable[[Ab
     now, the weights are followed: its outage is retried image by image anyway."""
 
     def check(cfg: AbConfig) -> str | None:
-        for variant, weight in sorted(cfg.weights.items()):
-            if weight <= 0:
-                continue
-            try:
-                if client.label_version(model_name, variant) is None:
-                    return f"serving at {client.target} knows no label {variant!r} for {model_name!r}"
-            except ServingError as exc:
-                log.warning(
-                    "cannot check A/B label %r with serving (%s): following the weights", variant, exc
-                )
-                return None
+        try:
+            unknown = unknown_labels(client, model_name, cfg.weights)
+        except ServingError as exc:
+            log.warning("cannot check the A/B labels with serving (%s): following the weights", exc)
+            return None
+        if unknown:
+            return f"serving at {client.target} knows no label {unknown[0]!r} for {model_name!r}"
         return None
 
     return check
