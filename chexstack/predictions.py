@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from chexstack.bus import TopicReader
-from chexstack.messages import BadMessage, Prediction, decode
+from chexstack.messages import BadMessage, DeadLetter, Prediction, decode
+from chexstack.topics import Topics
 
 METADATA_TIMEOUT_S = 5.0
 
@@ -42,6 +43,49 @@ def read_predictions(
             yield pred
             if wanted and wanted <= seen:
                 return
+
+
+def await_outcomes(
+    bootstrap: str, topics: Topics, image_ids: Iterable[str], *, timeout_s: float | None = None
+) -> Iterator[Prediction | DeadLetter]:
+    """Each image's outcome, as it is known or as it comes: its prediction, or else its dead letter.
+
+    xray.predictions and xray.dlq are read together from their beginnings. An image with a prediction
+    is done (a dead letter of an earlier try, since replayed, does not count); one with only a dead
+    letter once both topics are read to their end, or whose dead letter comes later, is done too: it
+    will not be predicted unless the cause is fixed and it is replayed. `timeout_s` bounds the wait;
+    images with neither by then are simply not yielded.
+    """
+    wanted = set(image_ids)
+    done: set[str] = set()
+    letters: dict[str, DeadLetter] = {}
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with TopicReader(bootstrap, [topics.predictions, topics.dlq], purpose="predictions") as reader:
+        reader.start()
+        while wanted - done:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            msg = reader.poll(0.2 if left is None else min(0.2, left))
+            if msg is not None:
+                try:
+                    if msg.topic() == topics.predictions:
+                        pred = decode(Prediction, msg.value())
+                        if pred.image_id in wanted - done:
+                            done.add(pred.image_id)
+                            letters.pop(pred.image_id, None)
+                            yield pred
+                    else:
+                        letter = decode(DeadLetter, msg.value())
+                        if letter.key in wanted - done:
+                            letters[letter.key] = letter
+                except BadMessage:
+                    continue
+            if reader.at_end:  # caught up: a dead letter without a prediction is the outcome
+                for image_id, letter in sorted(letters.items()):
+                    done.add(image_id)
+                    yield letter
+                letters.clear()
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -24,11 +26,13 @@ def predictions(
     kafka: KafkaOpt = DEFAULT_KAFKA,
     topic_prefix: TopicPrefixOpt = DEFAULT_TOPIC_PREFIX,
 ) -> None:
-    """Print predictions from xray.predictions. Exit 1 if an --image-id got none before --timeout."""
+    """Print predictions from xray.predictions. With --image-id, an image in xray.dlq is named with the
+    reason instead of waited for. Exit 1 if an --image-id got no prediction (dead letter or --timeout)."""
     from rich.console import Console
     from rich.table import Table
 
-    from chexstack.predictions import read_predictions
+    from chexstack.messages import DeadLetter, Prediction
+    from chexstack.predictions import await_outcomes, read_predictions
     from chexstack.topics import Topics
 
     wanted = image_id or []
@@ -40,9 +44,17 @@ def predictions(
         table.add_column("image_id", no_wrap=True, min_width=32)
         for name in ("model", "variant", "top findings", "e2e ms"):
             table.add_column(name)
-    for pred in read_predictions(
-        kafka, Topics(topic_prefix).predictions, image_ids=wanted, follow=follow, timeout_s=timeout
-    ):
+    topics = Topics(topic_prefix)
+    outcomes: Iterable[Prediction | DeadLetter] = (
+        await_outcomes(kafka, topics, wanted, timeout_s=timeout)
+        if wanted
+        else read_predictions(kafka, topics.predictions, follow=follow, timeout_s=timeout)
+    )
+    dead: list[DeadLetter] = []
+    for pred in outcomes:
+        if isinstance(pred, DeadLetter):
+            dead.append(pred)
+            continue
         seen.add(pred.image_id)
         if as_json:
             typer.echo(pred.model_dump_json(by_alias=True))
@@ -62,9 +74,17 @@ def predictions(
             typer.echo("\t".join(row))
     if table is not None:
         console.print(table)
-    missing = set(wanted) - seen
+    for letter in dead:
+        when = datetime.fromtimestamp(letter.failed_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        typer.echo(
+            f"{letter.key}: no prediction: in {topics.dlq} since {when} ({letter.worker}, from "
+            f"{letter.source_topic}): {letter.reason}",
+            err=True,
+        )
+    missing = set(wanted) - seen - {letter.key for letter in dead}
     if missing:
         typer.echo(f"no prediction yet for: {', '.join(sorted(missing))}", err=True)
+    if missing or dead:
         raise typer.Exit(1)
 
 
