@@ -15,6 +15,7 @@ from chexstack import __version__
 from chexstack.commands import (
     ab,
     data,
+    dlq,
     hub,
     ingest,
     jobs,
@@ -76,6 +77,7 @@ for module in (
     serve,
     workers,
     predictions,
+    dlq,
     ab,
     train,
     jobs,

@@ -21,6 +21,7 @@ import yaml
 
 import chexstack
 from chexstack.ab import PLATFORM_LABELS
+from chexstack.dlq import Letter, ReplayPlan
 from chexstack.hub import modelsconfig
 from chexstack.hub.handoff import AVAILABLE, apply_label
 from chexstack.hub.store import FINISHED, RERUN_JOB_ENV, Hub, HubError, Job, JobNotFound
@@ -384,6 +385,38 @@ class Service:
             self.hub.finish_job(job_id, "failed", {}, error=str(exc))
             raise Unavailable(f"cannot publish A/B weights to {self.settings.kafka}: {exc}") from exc
         self.hub.finish_job(job_id, "succeeded", {"weights": parsed})
+        return self.hub.get_job(job_id)
+
+    def replay_dead_letters(self, name: str, plan: ReplayPlan, selection: dict[str, Any]) -> Job:
+        """Publish the plan's originals again (chexstack.dlq.replay) and record a serve job with what was
+        replayed and skipped, so the hub says which images were given a second try and why."""
+        from chexstack.dlq import replay
+
+        def described(lt: Letter) -> dict[str, Any]:
+            return {"image_id": lt.letter.key, "source_topic": lt.letter.source_topic, "dlq": lt.where,
+                    "reason": lt.letter.reason[:500]}  # fmt: skip
+
+        project, variation = self._where(name, None)
+        spec = self._serve_spec(
+            "dlq-replay",
+            name,
+            selection=selection,
+            kafka=self.settings.kafka,
+            topic_prefix=self.settings.topic_prefix,
+            letters=[described(lt) for lt in plan.replay],
+        )
+        job_id = self.hub.start_job("serve", project, variation, name, spec)
+        results = {
+            "replayed": [lt.letter.key for lt in plan.replay],
+            "predicted_since": [lt.letter.key for lt in plan.done],
+            "skipped": [{"image_id": lt.letter.key, "why": why} for lt, why in plan.skipped],
+        }
+        try:
+            replay(self.settings.kafka, plan.replay)
+        except Exception as exc:
+            self.hub.finish_job(job_id, "failed", results, error=str(exc))
+            raise Unavailable(f"cannot replay to {self.settings.kafka}: {exc}") from exc
+        self.hub.finish_job(job_id, "succeeded", results)
         return self.hub.get_job(job_id)
 
 

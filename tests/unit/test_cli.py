@@ -36,7 +36,7 @@ DERIVED = {
 # which image, where to write, what to print: a variable left in a shell must not apply to every call.
 INPUTS = {
     "--patient-id", "--image-id", "--follow", "--json", "--out", "--count", "--version", "--label",
-    "--force", "--skip-bad-rows", "--config", "--no-hub", "--kind", "--limit",
+    "--force", "--skip-bad-rows", "--config", "--no-hub", "--kind", "--limit", "--reason", "--all",
 }  # fmt: skip
 
 REQUIRED = "<required>"
