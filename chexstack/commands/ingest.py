@@ -68,13 +68,13 @@ def serve(
     import signal
     import threading
 
-    from chexstack.commands.upload import local_uploader
     from chexstack.ingest.api import IngestServer
+    from chexstack.ingest.uploader import open_uploader
 
     limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels)
     try:
         token = token if token is not None else secret("CHEXSTACK_INGEST_TOKEN")
-        uploader = local_uploader(kafka, store, pseudonym_key, limits, Topics(topic_prefix))
+        uploader = open_uploader(kafka, store, pseudonym_key, limits, Topics(topic_prefix))
     except (OSError, ValueError) as exc:
         raise fail(exc) from exc
     try:

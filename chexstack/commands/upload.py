@@ -20,14 +20,13 @@ from chexstack.settings import (
     PseudonymKeyOpt,
     StoreOpt,
     TopicPrefixOpt,
-    configured_pseudonym_key,
     option,
     secret,
 )
 from chexstack.topics import Topics
 
 if TYPE_CHECKING:
-    from chexstack.ingest.uploader import Uploader, UploadTarget
+    from chexstack.ingest.uploader import UploadTarget
 
 
 def _files(paths: list[Path]) -> Iterator[Path]:
@@ -75,14 +74,14 @@ def upload(
 
     Exit status: 0 all uploaded, 1 some file rejected, 2 Kafka, the store or the ingest service unusable.
     """
-    from chexstack.ingest.uploader import UploadUnavailable
+    from chexstack.ingest.uploader import UploadUnavailable, open_uploader
 
     limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels)
     try:
         target: UploadTarget = (
             _service(ingest_url, limits)
             if ingest_url
-            else local_uploader(kafka, store, pseudonym_key, limits, Topics(topic_prefix))
+            else open_uploader(kafka, store, pseudonym_key, limits, Topics(topic_prefix))
         )
     except (OSError, ValueError) as exc:
         where = "ingest service" if ingest_url else "blob store"
@@ -113,21 +112,6 @@ def _service(url: str, limits: Limits) -> UploadTarget:
     from chexstack.ingest.client import IngestClient
 
     return IngestClient(url, secret("CHEXSTACK_INGEST_TOKEN"), limits=limits)
-
-
-def local_uploader(
-    kafka: str, store: str | None, pseudonym_key: str | None, limits: Limits, topics: Topics
-) -> Uploader:
-    """This process as the uploader: the store, its pseudonym key (--pseudonym-key, its _FILE, or the
-    store's) and a Kafka producer; `chexstack ingest serve` runs the same. Raises OSError or ValueError
-    for a store or key that cannot be used."""
-    from chexstack.blobstore import open_store
-    from chexstack.deid import load_or_create_key
-    from chexstack.ingest.uploader import Uploader
-
-    blobs = open_store(store)
-    key = load_or_create_key(blobs, configured_pseudonym_key(pseudonym_key))
-    return Uploader(bootstrap=kafka, store=blobs, key=key, limits=limits, topics=topics)
 
 
 def register(app: typer.Typer) -> None:

@@ -16,10 +16,10 @@ from typing import Any, Self
 from confluent_kafka import KafkaException
 
 from chexstack import deid, imageio
-from chexstack.blobstore import BlobStore, sha256_hex
+from chexstack.blobstore import BlobStore, open_store, sha256_hex
 from chexstack.bus import PublishError, make_producer, produce_sync
 from chexstack.messages import Uploaded, now_ms
-from chexstack.settings import Limits
+from chexstack.settings import Limits, configured_pseudonym_key
 from chexstack.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -216,3 +216,15 @@ class Uploader(UploadTarget):
     def close(self) -> None:
         """Deliver anything still queued; the uploader is not used afterwards."""
         self._producer.flush(self.publish_timeout_s)
+
+
+def open_uploader(
+    kafka: str, store: str | None, pseudonym_key: str | None, limits: Limits, topics: Topics
+) -> Uploader:
+    """This process as the uploader (`chexstack upload`, `chexstack ingest serve`, a notebook outside the
+    platform): the store, its pseudonym key (`pseudonym_key`, else CHEXSTACK_PSEUDONYM_KEY(_FILE), else
+    the store's own) and a Kafka producer. Raises OSError or ValueError for a store or key that cannot be
+    used."""
+    blobs = open_store(store)
+    key = deid.load_or_create_key(blobs, configured_pseudonym_key(pseudonym_key))
+    return Uploader(bootstrap=kafka, store=blobs, key=key, limits=limits, topics=topics)

@@ -148,14 +148,9 @@ class UploadPanel:
             from chexstack.ingest.client import IngestClient
 
             return IngestClient(s.ingest_url, s.ingest_token or "", limits=s.limits)
-        from chexstack.blobstore import open_store
-        from chexstack.deid import load_or_create_key
-        from chexstack.ingest.uploader import Uploader
-        from chexstack.settings import configured_pseudonym_key
+        from chexstack.ingest.uploader import open_uploader
 
-        store = open_store(s.store)
-        key = load_or_create_key(store, configured_pseudonym_key(None))
-        return Uploader(bootstrap=s.kafka, store=store, key=key, limits=s.limits, topics=s.topics)
+        return open_uploader(s.kafka, s.store, None, s.limits, s.topics)
 
     def _upload(self, items: Sequence[tuple[str, Source]], patient_id: str | None) -> None:
         import ipywidgets as w
