@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal, TypeVar
 
@@ -26,6 +27,11 @@ ImageFormat = Literal["png", "jpeg", "dicom"]
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def format_ms(ms: int) -> str:
+    """A message's epoch-milliseconds time as `YYYY-MM-DD HH:MM:SS UTC`."""
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 class _Message(BaseModel):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -40,10 +39,6 @@ ReasonOpt = Annotated[
 READ_TIMEOUT_S = 30.0
 
 
-def _when(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _read(kafka: str, topics: Topics) -> list[Letter]:
     from chexstack.dlq import read_letters
 
@@ -68,6 +63,7 @@ def list_letters(
     from rich.table import Table
 
     from chexstack.dlq import select
+    from chexstack.messages import format_ms
 
     letters = select(_read(kafka, Topics(topic_prefix)), image_ids=image_id or [], reason=reason)
     letters.sort(key=lambda lt: (lt.letter.failed_at_ms, lt.where))
@@ -77,11 +73,13 @@ def list_letters(
             typer.echo(json.dumps({"dlq": lt.where, **doc}))
         return
     table = Table(title=f"{len(letters)} dead letter(s)")
-    for name in ("dlq", "failed at (UTC)", "worker", "from", "image id", "reason"):
+    for name in ("dlq", "failed at", "worker", "from", "image id", "reason"):
         table.add_column(name, no_wrap=name != "reason")
     for lt in letters:
         d = lt.letter
-        table.add_row(lt.where, _when(d.failed_at_ms), d.worker, d.source_topic, d.key or "-", d.reason[:200])
+        table.add_row(
+            lt.where, format_ms(d.failed_at_ms), d.worker, d.source_topic, d.key or "-", d.reason[:200]
+        )
     Console().print(table)
 
 
@@ -93,6 +91,7 @@ def show(
 ) -> None:
     """Every dead letter of one image in full. Exit 1 when it has none."""
     from chexstack.dlq import select
+    from chexstack.messages import format_ms
 
     topics = Topics(topic_prefix)
     letters = select(_read(kafka, topics), image_ids=[image])
@@ -104,7 +103,7 @@ def show(
         kept = len(lt.payload)
         typer.echo(
             f"{d.key}  ({topics.dlq} {lt.where})\n"
-            f"  failed at:  {_when(d.failed_at_ms)} UTC, in {d.worker} ({d.error_type})\n"
+            f"  failed at:  {format_ms(d.failed_at_ms)}, in {d.worker} ({d.error_type})\n"
             f"  from:       {d.source_topic} partition {d.source_partition} offset {d.source_offset}\n"
             f"  original:   {d.payload_bytes if d.payload_bytes is not None else kept} bytes, {kept} kept\n"
             f"  reason:     {d.reason}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
@@ -31,7 +30,7 @@ def predictions(
     from rich.console import Console
     from rich.table import Table
 
-    from chexstack.messages import DeadLetter, Prediction
+    from chexstack.messages import DeadLetter, Prediction, format_ms
     from chexstack.predictions import await_outcomes, read_predictions
     from chexstack.topics import Topics
 
@@ -75,10 +74,9 @@ def predictions(
     if table is not None:
         console.print(table)
     for letter in dead:
-        when = datetime.fromtimestamp(letter.failed_at_ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         typer.echo(
-            f"{letter.key}: no prediction: in {topics.dlq} since {when} ({letter.worker}, from "
-            f"{letter.source_topic}): {letter.reason}",
+            f"{letter.key}: no prediction: in {topics.dlq} since {format_ms(letter.failed_at_ms)} "
+            f"({letter.worker}, from {letter.source_topic}): {letter.reason}",
             err=True,
         )
     missing = set(wanted) - seen - {letter.key for letter in dead}

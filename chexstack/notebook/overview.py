@@ -31,6 +31,7 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from chexstack.hub.client import HubClient, HubClientError
+from chexstack.messages import format_ms
 from chexstack.notebook.env import NotebookSettings
 from chexstack.notebook.templating import DASH as DASH  # an absent value in every table
 from chexstack.notebook.templating import render
@@ -78,10 +79,6 @@ def format_time(value: object) -> str | None:
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def format_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def format_window(window_s: float) -> str:
