@@ -15,10 +15,12 @@ from __future__ import annotations
 import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from chexstack.bus import PublishError, TopicReader, make_producer
-from chexstack.messages import BadMessage, DeadLetter, Prediction, decode
+from confluent_kafka import KafkaException
+
+from chexstack.bus import PublishError, TopicReader, make_producer, produce_sync
+from chexstack.messages import BadMessage, DeadLetter, decode
+from chexstack.predictions import read_predictions
 from chexstack.topics import Topics
 
 
@@ -109,19 +111,13 @@ def predicted_since(
 ) -> set[str]:
     """The image ids of `letters` with a prediction made after their dead letter."""
     failed_at = {lt.letter.key: lt.letter.failed_at_ms for lt in letters if lt.letter.key}
-    found: set[str] = set()
     if not failed_at:
-        return found
-    with TopicReader(bootstrap, predictions_topic, purpose="dlq", timeout_s=min(timeout_s, 10.0)) as reader:
-        reader.start()
-        for msg in reader.messages(timeout_s=timeout_s):
-            try:
-                pred = decode(Prediction, msg.value())
-            except BadMessage:
-                continue
-            if pred.image_id in failed_at and pred.predicted_at_ms > failed_at[pred.image_id]:
-                found.add(pred.image_id)
-    return found
+        return set()
+    return {
+        pred.image_id
+        for pred in read_predictions(bootstrap, predictions_topic, timeout_s=timeout_s)
+        if pred.image_id in failed_at and pred.predicted_at_ms > failed_at[pred.image_id]
+    }
 
 
 def replay(bootstrap: str, letters: Sequence[Letter], *, timeout_s: float = 30.0) -> None:
@@ -130,24 +126,12 @@ def replay(bootstrap: str, letters: Sequence[Letter], *, timeout_s: float = 30.0
     if not letters:
         return
     producer = make_producer(bootstrap)
-    errors: dict[int, Any] = {}
-
-    def delivered(i: int) -> Any:
-        def on_delivery(err: Any, _msg: Any) -> None:
-            errors[i] = err
-
-        return on_delivery
-
-    for i, lt in enumerate(letters):
-        producer.produce(
-            lt.letter.source_topic, value=lt.payload, key=lt.letter.key, on_delivery=delivered(i)
-        )
-    producer.flush(timeout_s)
-    failed = [
-        f"{lt.letter.key or lt.where} -> {lt.letter.source_topic}: {errors.get(i, 'no acknowledgement')}"
-        for i, lt in enumerate(letters)
-        if errors.get(i, "missing") is not None
-    ]
+    failed = []
+    for lt in letters:
+        try:
+            produce_sync(producer, lt.letter.source_topic, lt.letter.key, lt.payload, timeout_s=timeout_s)
+        except (PublishError, KafkaException, BufferError) as exc:
+            failed.append(f"{lt.letter.key or lt.where} -> {lt.letter.source_topic}: {exc}")
     if failed:
         raise PublishError(f"{len(failed)} of {len(letters)} not replayed: " + "; ".join(failed))
 
