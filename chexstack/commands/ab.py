@@ -64,12 +64,10 @@ def set_weights(
         suffix = f" (hub job {job.id})"
     else:
         from chexstack.commands.hub import fail
-        from chexstack.hub.service import ServiceError, check_serving_labels, check_variants
+        from chexstack.hub.service import ServiceError, check_weights
 
         try:
-            if model_config_file is not None:
-                check_variants(model_config_file, model_name, parsed)
-            check_serving_labels(serving, model_name, parsed)
+            check_weights(model_name, parsed, serving=serving, model_config_file=model_config_file)
         except ServiceError as exc:
             raise fail(exc) from exc
         publish_weights(kafka, Topics(topic_prefix).control, model_name, parsed)

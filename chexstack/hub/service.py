@@ -372,9 +372,9 @@ class Service:
             parsed = parse_weights([f"{k}={v}" for k, v in weights.items()])
         except ValueError as exc:
             raise ServiceError(str(exc)) from exc
-        if self.settings.model_config_file is not None:
-            check_variants(self.settings.model_config_file, name, parsed)
-        check_serving_labels(self.settings.serving, name, parsed)
+        check_weights(
+            name, parsed, serving=self.settings.serving, model_config_file=self.settings.model_config_file
+        )
         project, variation = self._where(name, None)
         job_id = self.hub.start_job(
             "serve", project, variation, name, self._serve_spec("ab", name, weights=parsed)
@@ -418,6 +418,17 @@ class Service:
             raise Unavailable(f"cannot replay to {self.settings.kafka}: {exc}") from exc
         self.hub.finish_job(job_id, "succeeded", results)
         return self.hub.get_job(job_id)
+
+
+def check_weights(
+    name: str, weights: dict[str, int], *, serving: str, model_config_file: Path | None
+) -> None:
+    """What A/B weights must pass before they are published, by `ab set` and the hub alike: each variant
+    that gets traffic is one of the model's labels in `model_config_file` (when given) and one serving
+    resolves."""
+    if model_config_file is not None:
+        check_variants(model_config_file, name, weights)
+    check_serving_labels(serving, name, weights)
 
 
 def check_serving_labels(serving: str, name: str, weights: dict[str, int]) -> None:
