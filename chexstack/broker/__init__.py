@@ -1,13 +1,15 @@
 """A real single-node Apache Kafka broker (KRaft) from Maven Central jars, run in the background.
 
 `chexstack kafka up` fetches the jars once into the cache ($CHEXSTACK_CACHE/kafka-<version>), formats
-KRaft storage in the data directory and starts `kafka.Kafka` bound to 127.0.0.1. State (pid, log,
-cluster id, server.properties) lives in the data directory so `down` and a later `up` find it.
+KRaft storage in the data directory and starts `kafka.Kafka` on a local host:port (default
+127.0.0.1:9092). State (pid, log, cluster id, server.properties with the broker's address) lives in the
+data directory, so `down`, `status` and a later `up` find the broker and the address it listens on.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import re
 import shutil
@@ -48,6 +50,76 @@ def new_cluster_id() -> str:
 
 def default_data_dir() -> Path:
     return default_home() / "kafka"
+
+
+def local_address(kafka: str) -> tuple[str, int]:
+    """(host, port) of `kafka` when it is one host:port this machine can listen on, else BrokerError.
+
+    The broker listens where its clients connect, so its address is the shared --kafka setting; a list
+    of brokers, a missing port or another machine's host cannot be the address of a broker started here.
+    """
+    if "," in kafka:
+        raise BrokerError(f"{kafka!r} is a list of brokers: a broker started here has one host:port")
+    host, sep, port_text = kafka.strip().rpartition(":")
+    if not sep or not host:
+        raise BrokerError(f"{kafka!r} is not host:port (e.g. 127.0.0.1:9092)")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65534:
+        # 65534 at most: the KRaft controller listens on port+1.
+        raise BrokerError(f"{kafka!r}: the port must be a number from 1 to 65534")
+    if host in ("0.0.0.0", "::", "[::]"):
+        raise BrokerError(f"{kafka!r}: a wildcard address is not one clients can connect to; use 127.0.0.1")
+    try:
+        with socket.socket() as s:
+            s.bind((host, 0))
+    except OSError as exc:
+        raise BrokerError(f"{kafka!r}: {host} is not an address of this machine ({exc})") from exc
+    return host, int(port_text)
+
+
+def port_problem(host: str, port: int, what: str = "") -> str | None:
+    """Why the broker cannot listen on host:port (another process holds it, ...), or None when it can.
+
+    `what` says what the port is for, after its number: " (the KRaft controller's: ...)"."""
+    try:
+        with socket.socket() as s:
+            # As the broker's own server socket: a port left in TIME_WAIT is free, a listener is not.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((host, port))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return f"port {port}{what} on {host} is taken by another process{_holder(port)}"
+        return f"port {port}{what} on {host} cannot be used: {exc.strerror}"
+    return None
+
+
+def _holder(port: int) -> str:
+    """Which of our brokers (found by /proc, as Broker.up starts them) holds `port`, if one does."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"kafka.Kafka" not in args[:-1]:
+            continue
+        # `kafka.Kafka <data dir>/server.properties`, as Broker.up starts it.
+        data_dir = Path(os.fsdecode(args[args.index(b"kafka.Kafka") + 1])).parent
+        address = recorded_address(data_dir)
+        # Its client port, or its controller's (client port + 1).
+        if address is not None and address.rpartition(":")[2] in (str(port), str(port - 1)):
+            return f" (the broker of data dir {data_dir}, on {address})"
+    return ""
+
+
+def recorded_address(data_dir: Path) -> str | None:
+    """host:port that the broker of `data_dir` was last started on (its server.properties), or None."""
+    try:
+        text = (data_dir / "server.properties").read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    m = re.search(r"^advertised\.listeners=\w+://(\S+)$", text, re.MULTILINE)
+    return m.group(1) if m else None
 
 
 def fetch_jars(cache: Path | None = None) -> Path:
@@ -93,6 +165,12 @@ class Broker:
     port: int = 9092
     host: str = "127.0.0.1"
     auth: bool = False
+
+    @classmethod
+    def at(cls, data_dir: Path, kafka: str, auth: bool = False) -> Broker:
+        """The broker of `data_dir` listening on `kafka` (one local host:port, see local_address)."""
+        host, port = local_address(kafka)
+        return cls(data_dir, port=port, host=host, auth=auth)
 
     @property
     def controller_port(self) -> int:
@@ -212,6 +290,14 @@ class Broker:
             return pid
         return pid if b"kafka.Kafka" in cmdline else None
 
+    def running_address(self) -> str | None:
+        """host:port of the broker running from this data directory (None when none runs).
+
+        It may differ from `bootstrap`: the data directory's broker was started on another address."""
+        if self.running_pid() is None:
+            return None
+        return recorded_address(self.data_dir) or self.bootstrap
+
     def accepts_connections(self) -> bool:
         try:
             with socket.create_connection((self.host, self.port), timeout=1):
@@ -220,12 +306,24 @@ class Broker:
             return False
 
     def up(self, timeout_s: float = 90.0, heap: str = "512m", cache: Path | None = None) -> str:
-        """Start the broker (no-op when it already runs); returns once it answers metadata requests."""
-        if self.running_pid() is not None:
+        """Start the broker (no-op when it already runs); returns once it answers metadata requests.
+
+        Fails at once when this data directory's broker runs on another address, or when another process
+        holds the port or the controller port (port+1)."""
+        running = self.running_address()
+        if running is not None and running != self.bootstrap:
+            raise BrokerError(
+                f"kafka in {self.data_dir} already runs on {running}, not {self.bootstrap}: "
+                f"stop it first or use --kafka {running}"
+            )
+        if running is not None:
             self._wait_ready(timeout_s)
             return "already running"
-        if self.accepts_connections():
-            raise BrokerError(f"port {self.port} on {self.host} is taken by another process")
+        problem = port_problem(self.host, self.port) or port_problem(
+            self.host, self.controller_port, " (the KRaft controller's: the client port + 1)"
+        )
+        if problem is not None:
+            raise BrokerError(problem)
         libs = fetch_jars(cache)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         props = self.data_dir / "server.properties"
@@ -291,7 +389,10 @@ class Broker:
     def _wait_ready(self, timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> None:
         from confluent_kafka.admin import AdminClient
 
-        config = {"bootstrap.servers": self.bootstrap, **self.admin_config()}
+        from chexstack.bus import LibrdkafkaLogger
+
+        # Refused connections while the broker starts are expected: its logger keeps them at DEBUG.
+        config = {"bootstrap.servers": self.bootstrap, "logger": LibrdkafkaLogger(), **self.admin_config()}
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if proc is not None and proc.poll() is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from chexstack.broker import Broker
 from chexstack.bus import make_producer, produce_sync
 from chexstack.messages import AbConfig
 from chexstack.topics import ensure_topics
@@ -31,31 +32,71 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def test_kafka_up_down_status_cli(tmp_path: Path) -> None:
     port = free_port_pair()
-    data = str(tmp_path / "kafka")
-    args = ["--data-dir", data, "--port", str(port)]
+    data = tmp_path / "kafka"
+    address = f"127.0.0.1:{port}"
+    args = ["--data-dir", str(data), "--kafka", address]
+    other_port = free_port_pair()
+    while abs(other_port - port) < 2:  # two brokers' port pairs must not overlap
+        other_port = free_port_pair()
+    other = f"127.0.0.1:{other_port}"
     assert cli("kafka", "status", *args).returncode == 1
     up = cli("kafka", "up", *args, "--partitions", "2")
     assert up.returncode == 0, up.stderr
-    assert f"kafka started on 127.0.0.1:{port}" in up.stdout
+    assert f"kafka started on {address}, data in {data}" in up.stdout
     assert "xray.uploaded" in up.stdout
     try:
+        pid = int((data / "broker.pid").read_text())
         again = cli("kafka", "up", *args)
-        assert "already running" in again.stdout
+        assert f"kafka already running on {address}, data in {data}" in again.stdout
         status = cli("kafka", "status", *args)
-        assert status.returncode == 0 and "running" in status.stdout
-        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
+        assert (status.returncode, status.stdout) == (
+            0,
+            f"kafka running (pid {pid}) on {address}, data in {data}\n",
+        )
+        md = AdminClient({"bootstrap.servers": address}).list_topics(timeout=10)
         assert len(md.topics["xray.uploaded"].partitions) == 2
+
+        # The same data dir on another port: its broker runs on `port`, and `up` says so, starting nothing.
+        moved = cli("kafka", "up", "--data-dir", str(data), "--kafka", other)
+        assert (moved.returncode, moved.stdout) == (1, "")
+        assert moved.stderr == (
+            f"error: kafka in {data} already runs on {address}, not {other}: "
+            f"stop it first or use --kafka {address}\n"
+        )
+        assert int((data / "broker.pid").read_text()) == pid
+        assert not Broker(tmp_path / "unused", port=other_port).accepts_connections()
+        elsewhere = cli("kafka", "status", "--data-dir", str(data), "--kafka", other)
+        assert elsewhere.returncode == 1
+        assert elsewhere.stdout == f"kafka running (pid {pid}) on {address}, not {other}, data in {data}\n"
+
+        # Another data dir on the port this broker holds (or its controller port): refused at once.
+        data2 = tmp_path / "kafka2"
+        for clash in (port, port - 1):
+            taken = cli("kafka", "up", "--data-dir", str(data2), "--kafka", f"127.0.0.1:{clash}")
+            assert taken.returncode == 1
+            assert len(taken.stderr.splitlines()) == 1, taken.stderr
+            assert f"error: port {port} " in taken.stderr and "is taken by another process" in taken.stderr
+            assert f"(the broker of data dir {data}, on {address})" in taken.stderr
+            assert not (data2 / "broker.pid").exists()
+        status2 = cli("kafka", "status", "--data-dir", str(data2), "--kafka", address)
+        assert status2.returncode == 1
+        assert status2.stdout.startswith(
+            f"kafka not running in {data2} ({address}); port {port} on 127.0.0.1"
+        )
     finally:
-        down = cli("kafka", "down", *args)
-    assert "stopped" in down.stdout
-    assert cli("kafka", "status", *args).returncode == 1
-    # Data survives a restart: the topics are still there.
-    assert cli("kafka", "up", *args).returncode == 0
+        # `down` with another --kafka stops the data dir's broker and says where it ran.
+        down = cli("kafka", "down", "--data-dir", str(data), "--kafka", other)
+    assert down.stdout == f"kafka stopped (pid {pid}) on {address} (not {other}), data in {data}\n"
+    status = cli("kafka", "status", *args)
+    assert (status.returncode, status.stdout) == (1, f"kafka not running in {data} ({address})\n")
+    # Data survives a restart, also on another address: the topics are still there.
+    assert cli("kafka", "up", "--data-dir", str(data), "--kafka", other).returncode == 0
     try:
-        md = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
+        md = AdminClient({"bootstrap.servers": other}).list_topics(timeout=10)
         assert "xray.predictions" in md.topics
     finally:
-        cli("kafka", "down", *args)
+        down = cli("kafka", "down", "--data-dir", str(data), "--kafka", other)
+    assert down.stdout.startswith("kafka stopped (pid ") and f"on {other}, data in {data}" in down.stdout
 
 
 def test_topics_created_with_partitions_retention_and_compaction(kafka: str) -> None:
