@@ -269,7 +269,7 @@ def main() -> None:
         }
         serve = start(
             ["serve", "--model-name", "chexnet", "--model-base-path", str(models),
-             "--port", str(grpc_port), "--rest-api-port", str(rest_port)],
+             "--serving", f"127.0.0.1:{grpc_port}", "--serving-rest", f"127.0.0.1:{rest_port}"],
             env, work / "serve.log",
         )  # fmt: skip
         wait_http(f"http://127.0.0.1:{rest_port}/v1/models/chexnet", "AVAILABLE")

@@ -17,6 +17,7 @@ import typer
 
 DEFAULT_KAFKA: Final = "127.0.0.1:9092"
 DEFAULT_SERVING: Final = "127.0.0.1:8500"
+DEFAULT_SERVING_REST: Final = "127.0.0.1:8501"
 DEFAULT_MODEL_NAME: Final = "chexnet"
 # --seed of every command that draws random numbers (data synth/prepare, models export, train).
 DEFAULT_SEED: Final = 0
@@ -101,7 +102,9 @@ KafkaOpt = Annotated[str, option("--kafka", "Kafka bootstrap servers.")]
 StoreOpt = Annotated[
     str | None, option("--store", "Blob store location (directory). Default: $CHEXSTACK_HOME/blobs.")
 ]
-ServingOpt = Annotated[str, option("--serving", "TF Serving gRPC target host:port.")]
+# Serving's addresses: `chexstack serve` binds them, the router and `ab set` connect to --serving.
+ServingOpt = Annotated[str, option("--serving", "TF Serving gRPC address HOST:PORT.")]
+ServingRestOpt = Annotated[str, option("--serving-rest", "TF Serving HTTP/REST address HOST:PORT.")]
 PseudonymKeyOpt = Annotated[
     str | None,
     option(
@@ -150,11 +153,12 @@ HubOpt = Annotated[
     Path | None,
     option("--hub", "Model information hub database (SQLite file). Default: $CHEXSTACK_HOME/hub/hub.sqlite."),
 ]
+# The name `chexstack serve` has (after tensorflow_model_server's --model_base_path), in every command.
 ModelBaseOpt = Annotated[
     Path | None,
     option(
-        "--model-base",
-        "Directory of the model's numbered SavedModel versions. "
+        "--model-base-path",
+        "Directory of the model's numbered SavedModel versions (serving's base_path). "
         "Default: $CHEXSTACK_HOME/models/<model-name>.",
     ),
 ]

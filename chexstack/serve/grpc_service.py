@@ -163,9 +163,12 @@ class GrpcServer:
             PredictionService(model_server), self._server
         )
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(model_server), self._server)
-        self.port = self._server.add_insecure_port(f"{host}:{port}")
+        try:  # grpc raises RuntimeError (older versions: returned 0)
+            self.port = self._server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot bind gRPC port {host}:{port}")
+            raise OSError(f"--serving {host}:{port}: cannot bind it")
 
     def start(self) -> None:
         self._server.start()

@@ -48,6 +48,7 @@ class _Model:
     status: dict[int, VersionStatus] = field(default_factory=dict)
     labels: dict[str, int] = field(default_factory=dict)
     failed: set[int] = field(default_factory=set)
+    problem: str | None = None  # why nothing is served, as last logged: logged again only when it changes
 
 
 Loader = Callable[[str, int, Path], Servable]
@@ -72,6 +73,25 @@ def versions_on_disk(base_path: Path) -> list[int]:
     except OSError:
         return []
     return sorted(int(p.name) for p in entries if p.name.isdigit() and p.is_dir())
+
+
+def nothing_to_serve(base_path: Path, on_disk: list[int], desired: set[int]) -> str | None:
+    """Why a model's base path gives no version to serve (None: it gives one), in words for the log."""
+    if desired:
+        return None
+    if on_disk:
+        return f"none of the versions {on_disk} under {base_path} is selected by its model_version_policy"
+    try:
+        next(base_path.iterdir(), None)
+    except FileNotFoundError:
+        why = "does not exist"
+    except NotADirectoryError:
+        why = "is not a directory"
+    except OSError as exc:
+        why = f"cannot be read ({exc.strerror or exc})"
+    else:
+        why = "holds no numbered version directory"
+    return f"base path {base_path} {why}; waiting for a numbered version directory such as {base_path / '1'}"
 
 
 class Registry:
@@ -139,8 +159,12 @@ class Registry:
                 entry.failed &= set(on_disk)  # a failed version that reappears gets another try
                 to_load = sorted(desired - set(entry.versions) - entry.failed)
                 to_unload = sorted(set(entry.versions) - desired)
-                if not on_disk and not entry.versions:
-                    log.warning("no versions of servable %s found under base path %s", name, base)
+                # Said once, not every poll: it is the same until someone changes the disk or the config.
+                problem = nothing_to_serve(base, on_disk, desired)
+                if problem != entry.problem:
+                    entry.problem = problem
+                    if problem is not None:
+                        log.warning("model %s: nothing to serve: %s", name, problem)
             for version in to_load:
                 self._load(name, version, base / str(version))
             for version in to_unload:

@@ -5,67 +5,17 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 from chexstack.serve.batching import Batcher
-from chexstack.serve.config import (
-    BatchingParameters,
-    ConfigError,
-    MonitoringConfig,
-    parse_batching_parameters,
-    parse_monitoring_config,
-    read_model_server_config,
-    single_model_config,
-)
+from chexstack.serve.config import ConfigError, parse_model_server_config
 from chexstack.serve.core import ModelServer
 from chexstack.serve.grpc_service import GrpcServer
+from chexstack.serve.options import ServeOptions, read_file
 from chexstack.serve.registry import Registry
 from chexstack.serve.rest import RestServer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True, kw_only=True)
-class ServeOptions:
-    """`chexstack serve`'s flags; their defaults are written there only."""
-
-    model_config_file: Path | None
-    model_name: str
-    model_base_path: str | None
-    host: str
-    port: int
-    rest_api_port: int
-    model_config_file_poll_wait_seconds: float
-    file_system_poll_wait_seconds: float
-    enable_batching: bool
-    batching_parameters_file: Path | None
-    monitoring_config_file: Path | None
-
-    def initial_config(self) -> Any:
-        if self.model_config_file is not None:
-            # --model-name alone may come from the shared CHEXSTACK_MODEL_NAME; only a base path conflicts.
-            if self.model_base_path:
-                raise ConfigError(
-                    "use either --model-config-file or --model-name/--model-base-path, not both"
-                )
-            return read_model_server_config(self.model_config_file)
-        if not self.model_base_path:
-            raise ConfigError("--model-config-file or --model-base-path (with --model-name) is required")
-        return single_model_config(self.model_name, str(Path(self.model_base_path).absolute()))
-
-    def batching(self) -> BatchingParameters | None:
-        if not self.enable_batching:
-            return None
-        if self.batching_parameters_file is None:
-            return BatchingParameters()
-        return parse_batching_parameters(self.batching_parameters_file.read_text())
-
-    def monitoring(self) -> MonitoringConfig:
-        if self.monitoring_config_file is None:
-            return MonitoringConfig()
-        return parse_monitoring_config(self.monitoring_config_file.read_text())
 
 
 class Poller:
@@ -74,7 +24,9 @@ class Poller:
     def __init__(self, registry: Registry, options: ServeOptions) -> None:
         self._registry, self._options = registry, options
         self._stop = threading.Event()
-        self._config_text = options.model_config_file.read_text() if options.model_config_file else None
+        config_file = options.model_config_file
+        self._config_text = read_file("--model-config-file", config_file) if config_file else None
+        self._failures: dict[str, str] = {}  # step -> its last failure, so each is logged once
         self._thread = threading.Thread(target=self._loop, name="poller", daemon=True)
 
     def start(self) -> None:
@@ -82,7 +34,8 @@ class Poller:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=60)
+        if self._thread.is_alive():
+            self._thread.join(timeout=60)
 
     def _loop(self) -> None:
         fs_wait = self._options.file_system_poll_wait_seconds
@@ -96,27 +49,42 @@ class Poller:
         while not self._stop.wait(tick):
             elapsed_fs += tick
             elapsed_cfg += tick
-            try:
-                if self._config_text is not None and cfg_wait > 0 and elapsed_cfg >= cfg_wait:
-                    elapsed_cfg = 0.0
-                    self._reload_config()
-                if fs_wait > 0 and elapsed_fs >= fs_wait:
-                    elapsed_fs = 0.0
-                    self._registry.poll()
-            except Exception:  # keep serving what is loaded; the next poll tries again
-                log.exception("polling failed")
+            if self._config_text is not None and cfg_wait > 0 and elapsed_cfg >= cfg_wait:
+                elapsed_cfg = 0.0
+                self._guard("model config reload", self._reload_config)
+            if fs_wait > 0 and elapsed_fs >= fs_wait:
+                elapsed_fs = 0.0
+                self._guard("polling", self._registry.poll)
+
+    def _guard(self, step: str, run: Callable[[], None]) -> None:
+        """Run one step; on failure keep serving what is loaded and retry next time, but log a failure only
+        when it first happens or changes, not every poll."""
+        try:
+            run()
+        except Exception as exc:
+            problem = str(exc)
+            if self._failures.get(step) != problem:
+                if isinstance(exc, ConfigError):  # a bad file, said in one line
+                    log.error("%s failed: %s; still serving what is loaded", step, problem)
+                else:
+                    log.exception("%s failed; still serving what is loaded", step)
+            self._failures[step] = problem
+        else:
+            self._failures.pop(step, None)
 
     def _reload_config(self) -> None:
-        assert self._options.model_config_file is not None
-        text = self._options.model_config_file.read_text()
+        path = self._options.model_config_file
+        assert path is not None
+        text = read_file("--model-config-file", path)
         if text == self._config_text:
             return
-        self._config_text = text
-        log.info("model config file changed; reloading %s", self._options.model_config_file)
+        self._config_text = text  # a config that fails is tried again when the file changes again
+        log.info("model config file changed; reloading %s", path)
         try:
-            self._registry.apply_config(read_model_server_config(self._options.model_config_file))
+            config = parse_model_server_config(text)
         except ConfigError as exc:
-            log.error("model config reload failed: %s", exc)
+            raise ConfigError(f"--model-config-file {path}: {exc}") from None
+        self._registry.apply_config(config)
 
 
 class Server:
@@ -131,8 +99,8 @@ class Server:
             self.model_server.batcher = Batcher(params, on_batch=self.model_server.on_batch)
         monitoring = options.monitoring()
         metrics_path = monitoring.prometheus_path if monitoring.prometheus_enabled else None
-        self.rest = RestServer(self.model_server, options.host, options.rest_api_port, metrics_path)
-        self.grpc = GrpcServer(self.model_server, options.host, options.port)
+        self.rest = RestServer(self.model_server, *options.rest, metrics_path)
+        self.grpc = GrpcServer(self.model_server, *options.grpc)
         self.poller = Poller(self.registry, options)
 
     def start(self) -> None:
@@ -140,8 +108,10 @@ class Server:
         self.grpc.start()
         self.rest.start()
         self.poller.start()
-        log.info("Running gRPC ModelServer at %s:%d ...", self.options.host, self.grpc.port)
-        log.info("Exporting HTTP/REST API at %s:%d ...", self.options.host, self.rest.port)
+        log.info("Running gRPC ModelServer at %s:%d (--serving) ...", self.options.grpc[0], self.grpc.port)
+        log.info(
+            "Exporting HTTP/REST API at %s:%d (--serving-rest) ...", self.options.rest[0], self.rest.port
+        )
 
     def stop(self) -> None:
         log.info("shutting down")
@@ -154,14 +124,17 @@ class Server:
 
 
 def run(options: ServeOptions) -> None:
-    """Serve until SIGTERM or SIGINT."""
+    """Serve until SIGTERM or SIGINT. Errors before serving (a port taken, a label on a version that is not
+    there) raise: OSError or ConfigError."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    server = Server(options)
     try:
-        server.start()
-        stop.wait()
+        server = Server(options)
+        server.start()  # once it returns, everything runs: stop() stops it all
+        try:
+            stop.wait()
+        finally:
+            server.stop()
     finally:
-        server.stop()
         for sig, handler in previous.items():
             signal.signal(sig, handler)

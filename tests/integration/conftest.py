@@ -40,11 +40,12 @@ def model_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ServeProcess:
     """A `chexstack serve` subprocess on fixed ports; stop()/start() restart it on the same ports."""
 
-    def __init__(self, args: list[str], model_name: str, log_path: Path) -> None:
+    def __init__(self, args: list[str], model_name: str, log_path: Path, *, by_env: bool = False) -> None:
         self.rest_port, self.grpc_port = free_port(), free_port()
         self.args = args
         self.model_name = model_name
         self.log_path = log_path
+        self.by_env = by_env  # the addresses as CHEXSTACK_SERVING(_REST) rather than --serving(-rest)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -55,13 +56,19 @@ class ServeProcess:
     def grpc_target(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "chexstack", "serve", "--port", str(self.grpc_port),
-               "--rest-api-port", str(self.rest_port), *self.args]  # fmt: skip
+    def start(self, wait: bool = True) -> None:
+        """Start the process; wait (default) until the model has a version AVAILABLE over REST."""
+        cmd = [sys.executable, "-m", "chexstack", "serve"]
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        rest = f"127.0.0.1:{self.rest_port}"
+        if self.by_env:
+            env |= {"CHEXSTACK_SERVING": self.grpc_target, "CHEXSTACK_SERVING_REST": rest}
+        else:
+            cmd += ["--serving", self.grpc_target, "--serving-rest", rest]
         with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        self.wait_available()
+            self.proc = subprocess.Popen([*cmd, *self.args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        if wait:
+            self.wait_available()
 
     def wait_available(self, version: int | None = None) -> None:
         url = f"{self.rest_url}/v1/models/{self.model_name}" + (f"/versions/{version}" if version else "")

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.integration.conftest import ServeProcess, models_config, sample_pixels, start_server
+from chexstack.serving_client import ServingClient
+from tests.integration.conftest import MODEL_NAME, ServeProcess, models_config, sample_pixels, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -323,3 +324,56 @@ def test_models_config_change_is_picked_up(serve_factory: Any, model_base: Path)
     srv.stop()
     srv.start()  # restart on the same ports
     assert requests.get(f"{srv.rest_url}/v1/models/chexnet/labels/next", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("by_env", [False, True], ids=["flags", "variables"])
+def test_serving_listens_where_its_address_settings_say(
+    model_base: Path, tmp_path: Path, by_env: bool
+) -> None:
+    """gRPC on --serving (CHEXSTACK_SERVING), REST on --serving-rest (CHEXSTACK_SERVING_REST)."""
+    args = ["--model-name", MODEL_NAME, "--model-base-path", str(model_base)]
+    srv = ServeProcess(args, MODEL_NAME, tmp_path / "serve.log", by_env=by_env)
+    try:
+        srv.start()  # waits for a version AVAILABLE over REST on rest_port
+        with ServingClient(srv.grpc_target, timeout_s=30) as client:
+            assert client.model_status(MODEL_NAME) == {2: "AVAILABLE"}
+        assert f"Running gRPC ModelServer at {srv.grpc_target} " in srv.log()
+    finally:
+        srv.stop()
+
+
+def test_a_missing_base_path_is_logged_once_per_state_not_every_poll(
+    model_base: Path, tmp_path: Path
+) -> None:
+    """Serving waits for the base path to hold a version (as TF Serving does) and says so once, and again
+    only when what it finds there changes."""
+    base = tmp_path / "models" / MODEL_NAME
+    poll_s = 0.1
+    args = [
+        "--model-name",
+        MODEL_NAME,
+        "--model-base-path",
+        str(base),
+        "--file-system-poll-wait-seconds",
+        str(poll_s),
+    ]
+    srv = ServeProcess(args, MODEL_NAME, tmp_path / "serve.log")
+    missing = (
+        f"model {MODEL_NAME}: nothing to serve: base path {base} does not exist; waiting for a numbered "
+    )
+    empty = f"model {MODEL_NAME}: nothing to serve: base path {base} holds no numbered version directory"
+    try:
+        srv.start(wait=False)
+        wait_for(lambda: "Exporting HTTP/REST API" in srv.log())
+        time.sleep(20 * poll_s)  # many polls that find the same thing
+        base.mkdir(parents=True)
+        wait_for(lambda: empty in srv.log())
+        time.sleep(20 * poll_s)
+        shutil.copytree(model_base / "1", base / ".tmp-1")
+        (base / ".tmp-1").rename(base / "1")
+        srv.wait_available(1)
+    finally:
+        srv.stop()
+    log = srv.log_path.read_text()
+    assert (log.count(missing), log.count(empty)) == (1, 1)
+    assert f"such as {base / '1'}" in log
