@@ -58,7 +58,7 @@ def train(
     model_name: Annotated[
         str | None, option("--model-name", "Model name in serving (chexnet)." + _CFG)
     ] = None,
-    model_base: ModelBaseOpt = None,
+    model_base_path: ModelBaseOpt = None,
     export: Annotated[
         bool | None, option("--export/--no-export", "Export a SavedModel version when done." + _CFG)
     ] = None,
@@ -85,17 +85,21 @@ def train(
 ) -> None:
     """Train CheXNet (DenseNet-121, 14 sigmoid outputs) on uint8 shards, with TensorBoard logs and a report.
 
-    Settings come from --config (YAML) with flags on top. Rerunning with the same --job-dir resumes
-    after the last finished epoch. On success a SavedModel version is exported into --model-base and,
-    with --model-config-file, handed to serving (labelled with --handoff-label if given).
+    Settings come from --config (YAML) with flags on top; relative paths are relative to the YAML
+    file's directory, or for flags to the current one. Rerunning with the same --job-dir resumes
+    after the last finished epoch. On success a SavedModel version is exported into --model-base-path
+    and, with --model-config-file, handed to serving (labelled with --handoff-label if given): the file
+    and serving are checked before training starts.
     """
     given = dict(locals())  # first statement: exactly the parameters
     overrides = {k: v for k, v in given.items() if k not in ("config_file", "hub", "no_hub")}
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from chexstack.training.config import ConfigError, load_config
+    from chexstack.training.run import preflight
 
     try:
         config = load_config(config_file, overrides)
+        preflight(config)
     except ConfigError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

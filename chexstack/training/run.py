@@ -23,11 +23,12 @@ import numpy as np
 from chexstack import __version__
 from chexstack.labels import LABELS
 from chexstack.settings import default_home, default_logs, default_model_base
-from chexstack.training.config import TrainConfig
+from chexstack.training.config import ConfigError, TrainConfig
 
 log = logging.getLogger(__name__)
 
 OnStarted = Callable[[dict[str, Any]], None]
+PREFLIGHT_SERVING_TIMEOUT_S = 10.0
 
 
 class TrainError(RuntimeError):
@@ -95,18 +96,62 @@ def environment(mixed_precision: bool, xla: bool) -> dict[str, Any]:
     }
 
 
+def effective_config(config: TrainConfig, dataset_checksum: str) -> TrainConfig:
+    """The config as this run uses it: the defaults that depend on the environment ($CHEXSTACK_HOME)
+    written in, and the data set's checksum, so a rerun from anywhere writes to the same places and
+    refuses data that has changed since."""
+    update: dict[str, Any] = {"logs_dir": config.logs_dir or Path(os.path.abspath(default_logs()))}
+    if config.model_base_path is None:
+        update["model_base_path"] = Path(os.path.abspath(default_model_base(config.model_name)))
+    if config.dataset_checksum is None:
+        update["dataset_checksum"] = dataset_checksum
+    return config.model_copy(update=update)
+
+
 def spec_snapshot(
     config: TrainConfig, started: dict[str, Any], argv: list[str] | None = None
 ) -> dict[str, Any]:
-    """The hub's spec for a train job (see the hub contract): enough to rerun it exactly."""
+    """The hub's spec for a train job (see the hub contract): enough to rerun it exactly, from anywhere.
+
+    spec["config"] is the effective config (`effective_config`) when `started` has it."""
     return {
         "image": os.environ.get("CHEXSTACK_IMAGE"),
         "code_version": code_version(),
-        "config": config.model_dump(mode="json"),
+        "config": started.get("config") or config.model_dump(mode="json"),
         "dataset": started["dataset"],
         "environment": started["environment"],
         "argv": list(sys.argv if argv is None else argv),
     }
+
+
+def preflight(config: TrainConfig) -> None:
+    """What would fail the hand-off after training, checked before it: the models.config exists,
+    parses, names the model and its directory is writable, and serving answers at all (every hand-off
+    waits for serving to load the version). Raises ConfigError naming the flag."""
+    if config.model_config_file is None:
+        return
+    from chexstack.hub import modelsconfig
+    from chexstack.hub.handoff import version_states
+    from chexstack.serving_client import ServingError
+
+    path = config.model_config_file
+    try:
+        modelsconfig.model(modelsconfig.read(path), config.model_name, path)
+    except modelsconfig.ModelsConfigError as exc:
+        raise ConfigError(f"--model-config-file: {exc}") from exc
+    if not os.access(path.parent, os.W_OK):
+        raise ConfigError(
+            f"--model-config-file: the hand-off rewrites {path}, but {path.parent} is not writable"
+        )
+    try:
+        version_states(config.serving, config.model_name, timeout_s=PREFLIGHT_SERVING_TIMEOUT_S)
+    except ServingError as exc:
+        # Any answer (even "no version of this model yet") shows serving is there; only silence fails.
+        if exc.code is not None and exc.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED"):
+            raise ConfigError(
+                f"--serving {config.serving}: serving does not answer ({exc}); the hand-off after training "
+                "waits for it to load the version: start serving or fix --serving"
+            ) from exc
 
 
 # --------------------------------------------------------------------------------------- the job
@@ -167,6 +212,8 @@ def run_training(
     from chexstack.training.data import ShardBatches
 
     dataset = _open_dataset(config)
+    expected_checksum = config.dataset_checksum
+    config = effective_config(config, dataset.checksum)
     size = int(dataset.image_size)
     train = _split(dataset, "train")
     val = _split(dataset, "val")
@@ -178,7 +225,7 @@ def run_training(
     job_dir = _job_dir(config)
     job_dir.mkdir(parents=True, exist_ok=True)
     run_name = job_dir.name
-    run_dir = Path(config.logs_dir or default_logs()) / run_name
+    run_dir = (config.logs_dir or default_logs()) / run_name
     counts = {name: len(r) for name in ("train", "val", "test") if (r := _split(dataset, name)) is not None}
     started = {
         "dataset": {
@@ -188,11 +235,20 @@ def run_training(
             "image_size": size,
         },
         "environment": environment(mixed, xla),
+        "config": config.model_dump(mode="json"),
         "job_dir": str(job_dir),
         "run_dir": str(run_dir),
     }
     if on_started is not None:
         on_started(started)
+    # Checked once the hub has the job, so its record says why it failed. Refused rather than warned:
+    # a rerun on other data is a different experiment, and a warning scrolls away in a long log.
+    if expected_checksum is not None and expected_checksum != dataset.checksum:
+        raise TrainError(
+            f"the data set in {config.data_dir} has changed: its dataset.json checksum is "
+            f"{dataset.checksum[:12]}..., the config's dataset_checksum {expected_checksum[:12]}...; prepare "
+            "the recorded data again, or drop dataset_checksum from the config to train on the new data"
+        )
     log.info(
         "training %s on %s (%s); job %s; TensorBoard run %s",
         config.model_name,
@@ -297,7 +353,7 @@ def run_training(
     version: int | None = None
     export_path: Path | None = None
     if config.export:
-        model_base = Path(config.model_base or default_model_base(config.model_name))
+        model_base = config.model_base_path or default_model_base(config.model_name)
         exportable = chexnet
         if mixed:  # serve in float32: rebuild under the float32 policy and copy the (float32) variables
             exportable = chexmodel.build_chexnet(None, image_size=size)

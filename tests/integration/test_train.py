@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -53,8 +54,9 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
                          val_fraction=0.15, test_fraction=0.25, workers=1)  # fmt: skip
     settings = {
         "data_dir": str(root / "shards"), "epochs": EPOCHS, "seed": 3, "job_dir": str(root / "job"),
-        "logs_dir": str(root / "logs"), "model_base": str(root / "models" / "chexnet"), "sample_images": 2,
-        "bn_momentum": 0.9,  # ~60 steps in all: BatchNorm's moving statistics must settle that fast
+        "logs_dir": str(root / "logs"), "model_base_path": str(root / "models" / "chexnet"),
+        # ~60 steps in all: BatchNorm's moving statistics must settle that fast
+        "sample_images": 2, "bn_momentum": 0.9,
     }  # fmt: skip
     # Run 1 stops after epoch 1 as an interrupted job would; nothing exported yet.
     first = run_training(load_config(None, {**settings, "epochs": 1, "export": False}))
@@ -103,6 +105,9 @@ def test_hub_records_the_job_with_its_spec_and_results(job: dict[str, Any]) -> N
     spec = hub_job.spec
     assert spec["config"]["epochs"] == EPOCHS and spec["config"]["image_size"] is None
     assert spec["dataset"]["checksum"] == job["dataset"].checksum
+    # The effective config: what a rerun needs to find the same data and model base from anywhere.
+    assert spec["config"]["dataset_checksum"] == job["dataset"].checksum
+    assert spec["config"]["model_base_path"] == str(job["model_base"])
     assert spec["dataset"]["counts"]["train"] == len(job["dataset"].split("train"))
     assert spec["environment"]["backend"] == "tensorflow" and spec["environment"]["xla"] is False
     assert spec["code_version"].startswith("0.1.0") and isinstance(spec["argv"], list)
@@ -248,3 +253,67 @@ def test_batches_shuffle_per_epoch_with_seed_and_flip_horizontally(tmp_path: Pat
     plain, flips = epoch_ids(ShardBatches(train, 8, training=False))
     assert plain == list(range(n)) and flips == 0
     assert len(ShardBatches(train, 8, training=True, max_steps=2)) == 2
+
+
+def _chexstack(args: list[str], cwd: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHEXSTACK_")}
+    env["CHEXSTACK_HOME"] = str(home)  # default job dirs there, not in the user's home
+    return subprocess.run([sys.executable, "-m", "chexstack", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_rerun_from_another_directory_trains_the_same_data_into_the_same_model_base(tmp_path: Path) -> None:
+    """A job started with relative paths (a job.yaml's and a flag's) is rerun from another directory:
+    the rerun reads the same shards and exports into the same model base; once the data set has been
+    prepared again (new checksum) a rerun refuses, and the hub says why."""
+    from chexstack.datasets import prepare
+    from chexstack.hub.store import Hub
+    from chexstack.synth import synthesize
+
+    project, elsewhere, home = tmp_path / "project", tmp_path / "elsewhere", tmp_path / "home"
+    elsewhere.mkdir()
+    synthesize(tmp_path / "raw", 40, seed=5, size=64, dicom_fraction=0.0)
+    key = b"test-key" * 4
+    dataset, _ = prepare(tmp_path / "raw", project / "shards", key=key, image_size=32, val_fraction=0.2,
+                         test_fraction=0.2, workers=1)  # fmt: skip
+    # Tiny and short: 32x32 images, one step of 4, no CAM samples; the paths are under test, not learning.
+    (project / "job.yaml").write_text(
+        "data_dir: shards\nmodel_base_path: models/chexnet\nlogs_dir: logs\nepochs: 1\nbatch_size: 4\n"
+        "max_steps_per_epoch: 1\nsample_images: 0\nworkers: 1\n"
+    )
+    hub_path = tmp_path / "hub" / "hub.sqlite"
+    first = _chexstack(
+        ["train", "--config", "job.yaml", "--job-dir", "job", "--hub", str(hub_path)], project, home
+    )
+    assert first.returncode == 0, first.stderr
+    with Hub.open(hub_path) as hub:
+        (original,) = hub.list_jobs(kind="train")
+    config = original.spec["config"]
+    assert config["data_dir"] == str(project / "shards") and config["job_dir"] == str(project / "job")
+    assert config["model_base_path"] == str(project / "models" / "chexnet")
+    assert config["logs_dir"] == str(project / "logs") and config["dataset_checksum"] == dataset.checksum
+    assert original.model_version == 1 and (project / "models" / "chexnet" / "1").is_dir()
+
+    again = _chexstack(["jobs", "rerun", original.id, "--hub", str(hub_path)], elsewhere, home)
+    assert again.returncode == 0, again.stderr
+    with Hub.open(hub_path) as hub:
+        rerun = hub.list_jobs(kind="train")[0]
+    assert rerun.rerun_of == original.id and rerun.status == "succeeded" and rerun.model_version == 2
+    assert rerun.spec["dataset"]["checksum"] == dataset.checksum
+    assert rerun.spec["dataset"]["path"] == str(project / "shards")
+    assert (project / "models" / "chexnet" / "2").is_dir()
+    assert list(elsewhere.iterdir()) == []  # nothing was read from or written to the rerun's cwd
+
+    # The data set is prepared again (another split): same place, new checksum. The rerun refuses.
+    changed, _ = prepare(tmp_path / "raw", project / "shards", key=key, image_size=32, val_fraction=0.2,
+                         test_fraction=0.2, seed=1, workers=1, force=True)  # fmt: skip
+    assert changed.checksum != dataset.checksum
+    refused = _chexstack(["jobs", "rerun", original.id, "--hub", str(hub_path)], elsewhere, home)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"the data set in {project / 'shards'} has changed" in refused.stderr
+    with Hub.open(hub_path) as hub:
+        failed = hub.list_jobs(kind="train")[0]
+    assert (
+        failed.status == "failed" and "has changed" in (failed.error or "") and failed.model_version is None
+    )
+    assert not (project / "models" / "chexnet" / "3").exists()
