@@ -84,8 +84,8 @@ def print_json(value: Any) -> None:
 
 @hub_app.command("serve")
 def serve(
-    # The variables are CHEXSTACK_HUB_HOST/PORT/RERUNS (CHEXSTACK_HOST and CHEXSTACK_PORT belong to
-    # `chexstack serve`); the short --host/--port/--reruns stay as aliases.
+    # The variables are CHEXSTACK_HUB_HOST/PORT/RERUNS (a bare CHEXSTACK_PORT would not say whose port);
+    # the short --host/--port/--reruns stay as aliases for scripts and the role.
     host: Annotated[
         str,
         option("--hub-host", "Address the hub API binds (127.0.0.1: this machine only).", alias="--host"),
@@ -106,8 +106,9 @@ def serve(
         str | None,
         option(
             "--hub-read-token",
-            "A second bearer token that may only GET (list and show; no rerun, promote, rollback or A/B"
-            " change); CHEXSTACK_HUB_READ_TOKEN_FILE names a file holding it instead. Needs --hub-token.",
+            "A second bearer token that may only GET (list and show; no rerun, hand-off, promote, rollback"
+            " or A/B change); CHEXSTACK_HUB_READ_TOKEN_FILE names a file holding it instead."
+            " Needs --hub-token.",
             show_default=False,
         ),
     ] = None,

@@ -6,6 +6,7 @@ GET  /v1/jobs[?kind=train|serve&limit=N]  {"jobs": [...]}, newest first
 GET  /v1/jobs/{id}                     {"job": {...}}
 POST /v1/jobs/{id}/rerun               202 {"job": {...}} (the new, queued job; it runs in the background)
 GET  /v1/models[?name=N]               {"models": [...]}
+POST /v1/models/{name}/handoff         {"version": 3, "label": "canary"} (label optional) -> {"job": {...}}
 POST /v1/models/{name}/promote         {"version": 2, "label": "stable"} -> {"job": {...}}
 POST /v1/models/{name}/rollback        {"label": "stable"} (optional) -> {"job": {...}}
 GET  /v1/models/{name}/ab              {"model_name": ..., "weights": {...}}
@@ -13,7 +14,8 @@ PUT  /v1/models/{name}/ab              {"weights": {"stable": 90, "canary": 10}}
 Errors: {"error": "..."} with 400 (bad request), 401 (token), 403 (a read-only token asked for a
 change), 404, 405 (with Allow), 409 (state refuses), 503 (serving or Kafka unreachable), 500. With a
 token set every request but /healthz needs `Authorization: Bearer <token>`. A read token (the
-notebooks get one) may only GET: rerun, promote, rollback and A/B changes need the admin token.
+notebooks get one) may only GET: rerun, hand-off, promote, rollback and A/B changes need the admin
+token.
 """
 
 from __future__ import annotations
@@ -95,6 +97,14 @@ def _routes(
         job, _ = service.rerun_job(r.param("id"), wait=False)
         return 202, {"job": job.to_dict()}
 
+    def handoff(r: _Request) -> tuple[int, dict[str, Any]]:
+        version = r.int_field("version", r.body.get("version"))
+        label = r.body.get("label")
+        if label is not None and not isinstance(label, str):
+            raise BadRequest('"label" must be "stable" or "canary" (absent: no label)')
+        assert version is not None
+        return 200, {"job": service.handoff(r.param("name"), version, label, wait_s=label_wait_s).to_dict()}
+
     def promote(r: _Request) -> tuple[int, dict[str, Any]]:
         version = r.int_field("version", r.body.get("version"))
         label = r.body.get("label")
@@ -125,6 +135,7 @@ def _routes(
         ("GET", f"/v1/jobs/{_ID}", lambda r: (200, {"job": service.show_job(r.param("id")).to_dict()})),
         ("POST", f"/v1/jobs/{_ID}/rerun", rerun),
         ("GET", "/v1/models", models),
+        ("POST", f"/v1/models/{_NAME}/handoff", handoff),
         ("POST", f"/v1/models/{_NAME}/promote", promote),
         ("POST", f"/v1/models/{_NAME}/rollback", rollback),
         ("GET", f"/v1/models/{_NAME}/ab",
@@ -196,8 +207,8 @@ class _RequestHandler(JsonHandler):
         if access == "read" and method != "GET":
             raise HttpError(
                 HTTPStatus.FORBIDDEN,
-                f"{method} needs the admin token: this token may only read (rerun, promote, rollback"
-                " and A/B changes are the admin's)",
+                f"{method} needs the admin token: this token may only read (rerun, hand-off, promote,"
+                " rollback and A/B changes are the admin's)",
             )
         allowed = []
         for route_method, pattern, handler in self.server.routes:

@@ -162,10 +162,11 @@ def handoff(
     *,
     hub: Hub | None = None,
     job_id: str | None = None,
-) -> None:
+) -> int | None:
     """Add `version` to the model's policy, wait until serving has it AVAILABLE, then label it.
 
-    With `hub`, the label change is recorded in its label history (so rollback knows it).
+    Returns the version the label had before (None: unset, or no label). With `hub`, the label change
+    is recorded in its label history (so rollback knows it).
     """
     deadline = time.monotonic() + timeout_s
     try:
@@ -177,17 +178,26 @@ def handoff(
     why = reload.why
     if why is not None:
         log.info("serving did not reload models.config over gRPC (%s); waiting for its file poll", why)
-    wait_available(serving, model_name, version, deadline)
+    try:
+        wait_available(serving, model_name, version, deadline)
+    except HandoffError as exc:  # a `latest` policy, for one, never loads an older version
+        try:
+            policy = modelsconfig.policy_text(modelsconfig.read(config_file), model_name)
+        except modelsconfig.ModelsConfigError as unreadable:
+            policy = f"unknown: {unreadable}"
+        raise HandoffError(f"{exc}; its version policy: {policy}") from exc
     log.info("serving has version %d of %s AVAILABLE", version, model_name)
     if label is None:
-        return
+        return None
 
     def record(previous: int | None) -> None:  # under the lock, as the hub's own label moves
         if hub is not None and previous != version:
             hub.record_label(model_name, label, version, previous, action="handoff", job_id=job_id)
 
     try:
-        _, applied = apply_label(config_file, model_name, label, version, serving, deadline, on_write=record)
+        previous, applied = apply_label(
+            config_file, model_name, label, version, serving, deadline, on_write=record
+        )
     except modelsconfig.ModelsConfigError as exc:
         raise HandoffError(str(exc)) from exc
     if not applied:
@@ -196,3 +206,4 @@ def handoff(
             f"{serving} has not applied it within {timeout_s:g}s"
         )
     log.info("label %s of %s -> version %d", label, model_name, version)
+    return previous

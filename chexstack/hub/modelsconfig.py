@@ -255,8 +255,12 @@ def _set_policy(policy: Any, name: str, spec: Any, labels: dict[str, int]) -> No
         policy.specific.versions.extend(versions)
 
 
-def write(path: Path, config: Any, header: str = "") -> None:
-    """Replace `path` atomically with `config` (validated first), keeping the file's mode."""
+def write(path: Path, config: Any, header: str = "", *, overwrite: bool = True) -> None:
+    """Replace `path` atomically with `config` (validated first), keeping the file's mode.
+
+    overwrite=False creates the file and raises ModelsConfigError if it exists (checked by the link
+    itself, so a file another process creates meanwhile is not replaced either).
+    """
     path = Path(path)
     text = to_text(config, header)
     parse(text, path)  # never write a file serving would refuse
@@ -264,17 +268,26 @@ def write(path: Path, config: Any, header: str = "") -> None:
         mode = path.stat().st_mode & 0o777
     except FileNotFoundError:
         mode = 0o644
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ModelsConfigError(f"cannot write models.config {path}: {exc}") from exc
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)
+    except FileExistsError as exc:
+        raise ModelsConfigError(f"{path} exists; --force replaces it") from exc
+    except OSError as exc:
+        raise ModelsConfigError(f"cannot write models.config {path}: {exc}") from exc
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager

@@ -23,7 +23,8 @@ import chexstack
 from chexstack.ab import PLATFORM_LABELS
 from chexstack.dlq import Letter, ReplayPlan
 from chexstack.hub import modelsconfig
-from chexstack.hub.handoff import AVAILABLE, apply_label
+from chexstack.hub.handoff import AVAILABLE, HandoffError, apply_label
+from chexstack.hub.handoff import handoff as hand_to_serving
 from chexstack.hub.store import FINISHED, RERUN_JOB_ENV, Hub, HubError, Job, JobNotFound
 from chexstack.settings import DEFAULT_KAFKA, DEFAULT_SERVING, default_model_base
 
@@ -78,6 +79,10 @@ def _check_label(label: str) -> None:
         raise ServiceError(f"bad label {label!r}: use one of {', '.join(LABELS)}")
 
 
+def _versions_text(versions: list[int]) -> str:
+    return ", ".join(str(v) for v in versions) or "none"
+
+
 def _code_version() -> str:
     return chexstack.__version__
 
@@ -120,6 +125,11 @@ class Service:
             raise ServiceError(f"job {old.id} has no train config in its spec snapshot; it cannot be rerun")
         # A fresh job directory: the old one holds finished state, and resuming it would not train again.
         config = {**config, "job_dir": None}
+        # Jobs recorded before the config carried it keep their data set's checksum in spec["dataset"]:
+        # the rerun still refuses data that changed since.
+        checksum = (old.spec.get("dataset") or {}).get("checksum")
+        if checksum and "dataset_checksum" not in config:
+            config["dataset_checksum"] = checksum
         new_id = self.hub.create_job(
             kind="train",
             project=old.project,
@@ -229,6 +239,18 @@ class Service:
             "serving_error": serving_error,
         }
 
+    def _on_disk(self, name: str, config_file: Path) -> tuple[Path, list[int]]:
+        """The model's base path as this process sees it, and the numbered versions in it."""
+        from chexstack.serve.registry import versions_on_disk
+
+        try:
+            config = modelsconfig.read(config_file)
+            modelsconfig.model(config, name, config_file)
+        except modelsconfig.ModelsConfigError as exc:
+            raise NotFound(str(exc)) from exc
+        base = self._disk_base(name, config, only=True)
+        return base, versions_on_disk(base)
+
     def _states(self, name: str) -> dict[int, str]:
         from chexstack.hub.handoff import version_states
 
@@ -314,10 +336,18 @@ class Service:
         except ServingError as exc:
             raise Unavailable(f"cannot ask serving at {self.settings.serving} about {name!r}: {exc}") from exc
         if state != AVAILABLE:
+            # Two different fixes: export (or copy) the version, or hand it off so serving loads it.
+            base, on_disk = self._on_disk(name, config_file)
+            if version not in on_disk:
+                raise NotFound(
+                    f"refusing to {action} {name!r} version {version} to {label!r}: no version {version} on "
+                    f"disk in {base} (versions there: {_versions_text(on_disk)})"
+                )
             raise Conflict(
-                f"refusing to {action} {name!r} version {version} to {label!r}: serving at "
-                f"{self.settings.serving} reports it {state or 'not loaded'}, not AVAILABLE "
-                "(is it on disk and in the models.config version policy?)"
+                f"refusing to {action} {name!r} version {version} to {label!r}: version {version} is on "
+                f"disk in {base} but serving at {self.settings.serving} has not loaded it "
+                f"(state: {state or 'not loaded'}); hand it to serving first: "
+                f"chexstack models handoff {name} {version}"
             )
         project, variation = self._where(name, version)
         spec = self._serve_spec(action, name, label=label, version=version, previous_version=current)
@@ -350,6 +380,35 @@ class Service:
                 "%s now labels %s version %d %r; serving has not applied it yet (it polls the file)",
                 config_file, name, version, label,
             )  # fmt: skip
+        return self.hub.get_job(job_id)
+
+    def handoff(self, name: str, version: int, label: str | None, *, wait_s: float) -> Job:
+        """`train`'s hand-off for a version already on disk: into the version policy, wait until serving
+        has it AVAILABLE, then point `label` at it (if given); recorded as a serve job."""
+        if label is not None:
+            _check_label(label)
+        if version < 1:
+            raise ServiceError(f"bad version {version}: versions are positive integers")
+        config_file = _config_file(self.settings)
+        base, on_disk = self._on_disk(name, config_file)
+        if version not in on_disk:
+            raise NotFound(
+                f"cannot hand off {name!r} version {version}: no version {version} on disk in {base} "
+                f"(versions there: {_versions_text(on_disk)})"
+            )
+        current = self._label_now(config_file, name, label) if label is not None else None
+        project, variation = self._where(name, version)
+        spec = self._serve_spec("handoff", name, label=label, version=version, previous_version=current)
+        job_id = self.hub.start_job("serve", project, variation, name, spec)
+        try:
+            previous = hand_to_serving(
+                config_file, name, version, label, self.settings.serving, wait_s, hub=self.hub, job_id=job_id
+            )
+        except (HandoffError, modelsconfig.ModelsConfigError) as exc:
+            self.hub.finish_job(job_id, "failed", {}, model_version=version, error=str(exc))
+            raise Unavailable(f"{exc} (job {job_id})") from exc
+        results = {"label": label, "version": version, "previous_version": previous, "applied": True}
+        self.hub.finish_job(job_id, "succeeded", results, model_version=version)
         return self.hub.get_job(job_id)
 
     # --- A/B -----------------------------------------------------------------------------

@@ -129,7 +129,9 @@ def test_promote_rollback_handoff_cli_and_api_in_real_serving(
 
     # Serving has not loaded 3: promotion is refused and nothing changes.
     before = config_file.read_text()
-    with pytest.raises(Conflict, match=r"version 3 to 'stable'.*not loaded, not AVAILABLE"):
+    with pytest.raises(
+        Conflict, match=r"version 3 to 'stable': version 3 is on disk in .* has not loaded it"
+    ):
         svc.promote(MODEL_NAME, 3, "stable", wait_s=WAIT_S)
     bad = cli("models", "promote", MODEL_NAME, "3", "--label", "stable", *flags)
     assert bad.returncode == 1, bad.stderr
@@ -154,13 +156,13 @@ def test_promote_rollback_handoff_cli_and_api_in_real_serving(
     with pytest.raises(Conflict, match="no previous 'stable' version"):
         svc.rollback(MODEL_NAME, wait_s=WAIT_S)
 
-    for args, message in [
-        (("models", "promote", MODEL_NAME, "2", "--label", "beta"), "bad label 'beta'"),
-        (("jobs", "show", "feedbeef"), "no job 'feedbeef'"),
-        (("jobs", "list", "--kind", "deploy"), "bad --kind 'deploy'"),
+    for args, code, message in [
+        (("models", "promote", MODEL_NAME, "2", "--label", "beta"), 2, "bad --label 'beta'"),
+        (("jobs", "show", "feedbeef"), 1, "no job 'feedbeef'"),
+        (("jobs", "list", "--kind", "deploy"), 1, "bad --kind 'deploy'"),
     ]:
         res = cli(*args, *(flags if args[0] == "models" else flags[:2]))
-        assert res.returncode == 1 and message in res.stderr, res.stderr
+        assert res.returncode == code and message in res.stderr, res.stderr
     listed = json.loads(cli("jobs", "list", "--json", "--hub", str(hub.path)).stdout)
     assert [(j["spec"]["action"], j["model_version"], j["status"]) for j in listed] == [
         ("rollback", 1, "succeeded"),
@@ -168,7 +170,7 @@ def test_promote_rollback_handoff_cli_and_api_in_real_serving(
     ]
 
     # The HTTP API: same operations, token enforced, state survives a restart of the API process.
-    api = HubApi([*flags, "--model-base", str(base), "--hub-token", TOKEN], tmp_path / "api.log")
+    api = HubApi([*flags, "--model-base-path", str(base), "--hub-token", TOKEN], tmp_path / "api.log")
     api.start()
     try:
         assert HubClient(api.url, token="", timeout_s=CLIENT_TIMEOUT_S).health()
@@ -184,7 +186,7 @@ def test_promote_rollback_handoff_cli_and_api_in_real_serving(
         assert client.job(listed[0]["id"][:8])["results"]["version"] == 1
         with pytest.raises(HubClientError) as refused:
             client.promote(MODEL_NAME, 9, "stable")
-        assert refused.value.status == 409 and "not AVAILABLE" in str(refused.value)
+        assert refused.value.status == 404 and f"no version 9 on disk in {base}" in str(refused.value)
         with pytest.raises(HubClientError) as unknown:
             client.job("0123456789ab")
         assert unknown.value.status == 404

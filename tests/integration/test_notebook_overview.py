@@ -165,7 +165,7 @@ def hub_api(tmp_path: Path, kafka: str, topics: dict[str, str]) -> Iterator[tupl
         hub.finish_job(job_id, "succeeded", results, model_version=2)
     publish_weights(kafka, topics["chexstack.control"], MODEL_NAME, {"stable": 75, "canary": 25})
     api = HubApi(
-        ["--hub", str(tmp_path / "hub.sqlite"), "--model-config-file", str(config_file), "--model-base",
+        ["--hub", str(tmp_path / "hub.sqlite"), "--model-config-file", str(config_file), "--model-base-path",
          str(base), "--serving", f"127.0.0.1:{free_port()}", "--kafka", kafka, "--topic-prefix",
          topics["prefix"], "--hub-token", TOKEN, "--no-reruns"],
         tmp_path / "api.log",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,22 @@ def test_bad_input_names_the_file_and_reason(cfg: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelsConfigError, match="version must be positive"), modelsconfig.edit(cfg) as config:
         modelsconfig.set_label(config, "chexnet", "stable", 0)
     assert cfg.read_text() == CONFIG  # a failed edit writes nothing
+
+
+def test_write_without_overwrite_creates_or_leaves_the_file_alone(cfg: Path, tmp_path: Path) -> None:
+    config = modelsconfig.read(cfg)
+    fresh = tmp_path / "fresh.config"
+    modelsconfig.write(fresh, config, "# new\n", overwrite=False)
+    assert fresh.read_text().startswith("# new\n") and modelsconfig.labels(modelsconfig.read(fresh), "other")
+    modelsconfig.set_label(config, "chexnet", "stable", 2)
+    for path in (cfg, fresh):
+        before = path.read_text()
+        with pytest.raises(ModelsConfigError, match=re.escape(f"{path} exists; --force replaces it")):
+            modelsconfig.write(path, config, overwrite=False)
+        assert path.read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fresh.config", "models.config"]  # no temp files
+    with pytest.raises(ModelsConfigError, match=r"cannot write models\.config .*/no/such/dir/x\.config"):
+        modelsconfig.write(tmp_path / "no" / "such" / "dir" / "x.config", config)
 
 
 def test_concurrent_edits_do_not_lose_updates(cfg: Path) -> None:
