@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from confluent_kafka import Message
 
-from chexstack.bus import ReadError, TopicMissing, TopicReader, make_producer, produce_sync
+from chexstack.bus import ReadError, TopicMissing, TopicReader, make_producer, produce_sync, require_broker
 from chexstack.messages import AbConfig, BadMessage, decode
 
 if TYPE_CHECKING:
@@ -58,17 +58,30 @@ def check_labels(client: ServingClient, model_name: str, weights: dict[str, int]
 
 
 def parse_weights(text: str | list[str]) -> dict[str, int]:
-    """`stable=90,canary=10` (or a list of `name=weight`) -> {"stable": 90, "canary": 10}."""
+    """`stable=90,canary=10` (or a list of `name=weight`) -> {"stable": 90, "canary": 10}.
+
+    Raises ValueError naming the bad weight and why: not NAME=INTEGER, negative, a name given twice, or
+    every weight 0 (no variant would get an image; no weights at all means the latest version)."""
     items = text if isinstance(text, list) else [t for t in text.split(",")]
     weights: dict[str, int] = {}
     for item in (i.strip() for i in items):
         if not item:
             continue
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip() or not value.strip().isdigit():
+        name, sep, value = (part.strip() for part in item.partition("="))
+        number = value.removeprefix("-")
+        if not sep or not name or not number.isdigit():
             raise ValueError(f"bad weight {item!r}: expected NAME=INTEGER, e.g. stable=90")
-        weights[name.strip()] = int(value)
-    AbConfig(model_name="x", weights=weights)  # same validation as the control message
+        if value.startswith("-"):
+            raise ValueError(f"bad weight {item!r}: a weight is 0 or more (a share of the images)")
+        if name in weights:
+            raise ValueError(f"bad weight {item!r}: {name} is given twice")
+        weights[name] = int(number)
+    if weights and not any(weights.values()):
+        raise ValueError(
+            f"bad weights {', '.join(f'{k}={v}' for k, v in weights.items())}: every weight is 0, so no "
+            "variant would get an image; give one a weight above 0 (or none at all for the latest version)"
+        )
+    AbConfig(model_name="x", weights=weights)  # the control message's own rules, which the above match
     return weights
 
 
@@ -86,10 +99,16 @@ def choose_variant(weights: dict[str, int], sticky_key: str, model_name: str) ->
     raise AssertionError("unreachable: bucket < total")
 
 
-def publish_weights(bootstrap: str, control_topic: str, model_name: str, weights: dict[str, int]) -> AbConfig:
+def publish_weights(
+    bootstrap: str, control_topic: str, model_name: str, weights: dict[str, int], timeout_s: float = 30.0
+) -> AbConfig:
+    """Publish the weights; ReadError when the brokers do not answer (within a third of `timeout_s`),
+    PublishError when the message is not acknowledged within `timeout_s`."""
     cfg = AbConfig(model_name=model_name, weights=weights)
-    producer = make_producer(bootstrap)
-    produce_sync(producer, control_topic, AbConfig.key_for(model_name), cfg.to_bytes())
+    # Not acknowledged in time: it fails, rather than staying queued after the command has given up.
+    producer = make_producer(bootstrap, **{"message.timeout.ms": max(1, int(timeout_s * 800))})
+    require_broker(producer, bootstrap, timeout_s / 3)
+    produce_sync(producer, control_topic, AbConfig.key_for(model_name), cfg.to_bytes(), timeout_s=timeout_s)
     return cfg
 
 

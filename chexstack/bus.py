@@ -28,9 +28,22 @@ class PublishError(RuntimeError):
     """A message was not acknowledged by the broker."""
 
 
+_librdkafka_log = logging.getLogger("chexstack.librdkafka")
+
+
+class LibrdkafkaLogger:
+    """Where a client's librdkafka log lines go (its `logger` setting) instead of stderr: Python logging, at
+    DEBUG whatever librdkafka's level. Its lines are about connections it retries by itself ("Connect to
+    ipv4#127.0.0.1:1 failed"); what the user must act on reaches the caller as an error. Shown with
+    `chexstack --verbose` or CHEXSTACK_LOG_LEVEL=DEBUG."""
+
+    def log(self, level: int, msg: str, *args: object) -> None:
+        _librdkafka_log.debug(msg, *args)
+
+
 def client_config(bootstrap: str) -> dict[str, Any]:
     """Where the brokers are and how to authenticate (chexstack.kafka_auth): every client starts here."""
-    return {"bootstrap.servers": bootstrap, **client_security()}
+    return {"bootstrap.servers": bootstrap, "logger": LibrdkafkaLogger(), **client_security()}
 
 
 def producer_config(bootstrap: str, **extra: Any) -> dict[str, Any]:
@@ -109,14 +122,34 @@ _DENIED = KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 def no_answer(bootstrap: str, exc: BaseException) -> str:
     """Why a metadata request failed, with the likely fix when this client has no Kafka user."""
-    hint = ""
-    if not client_security():
-        # An authenticating broker drops a client that skips SASL: librdkafka sees a transport failure.
-        hint = (
-            " (if the broker requires authentication, set CHEXSTACK_KAFKA_USER and "
-            "CHEXSTACK_KAFKA_PASSWORD_FILE)"
-        )
-    return f"no answer from Kafka at {bootstrap}: {exc}{hint}"
+    return f"no answer from Kafka at {bootstrap}: {reason(exc)}{auth_hint()}"
+
+
+def auth_hint() -> str:
+    """What to set when this client has no Kafka user: an authenticating broker drops a client that
+    skips SASL, and librdkafka then reports a transport failure, not an authentication one."""
+    if client_security():
+        return ""
+    return (
+        " (if the broker requires authentication, set CHEXSTACK_KAFKA_USER and CHEXSTACK_KAFKA_PASSWORD_FILE)"
+    )
+
+
+def reason(exc: BaseException) -> str:
+    """librdkafka's own words for a KafkaException ("Failed to get metadata: Local: Broker transport
+    failure"), not its repr."""
+    err = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
+
+
+def require_broker(client: Producer | Consumer, bootstrap: str, timeout_s: float) -> None:
+    """Raise ReadError (no_answer) unless the brokers answer a metadata request within `timeout_s`: a
+    command's first step, so that an unreachable broker is one line at once, not a wait and a traceback
+    later."""
+    try:
+        client.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        raise ReadError(no_answer(bootstrap, exc)) from exc
 
 
 class ReadError(RuntimeError):

@@ -203,7 +203,14 @@ def apply(
         UserScramCredentialUpsertion,
     )
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, **sasl_config(ADMIN, passwords[ADMIN])})
+    from chexstack.bus import LibrdkafkaLogger
+
+    config = {
+        "bootstrap.servers": bootstrap,
+        "logger": LibrdkafkaLogger(),
+        **sasl_config(ADMIN, passwords[ADMIN]),
+    }
+    admin = AdminClient(config)
     info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 8192)
     upserts = [
         UserScramCredentialUpsertion(user, info, password.encode())

@@ -12,6 +12,17 @@ from chexstack.messages import BadMessage, DeadLetter, Prediction, decode
 from chexstack.topics import Topics
 
 METADATA_TIMEOUT_S = 5.0
+# Longest wait for one metadata or offsets request of a read; a shorter `timeout_s` of the read bounds it
+# too, so an unreachable broker fails within the caller's time.
+REQUEST_TIMEOUT_S = 10.0
+
+
+def _request_timeout(timeout_s: float | None) -> float:
+    return REQUEST_TIMEOUT_S if timeout_s is None else max(0.1, min(REQUEST_TIMEOUT_S, timeout_s))
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def read_predictions(
@@ -29,10 +40,13 @@ def read_predictions(
     """
     wanted = set(image_ids)
     seen: set[str] = set()
-    with TopicReader(bootstrap, topic, purpose="predictions") as reader:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    with TopicReader(
+        bootstrap, topic, purpose="predictions", timeout_s=_request_timeout(timeout_s)
+    ) as reader:
         reader.start()
         # Waiting for image ids reads on past the end: their predictions may not be written yet.
-        for msg in reader.messages(follow=follow or bool(wanted), timeout_s=timeout_s):
+        for msg in reader.messages(follow=follow or bool(wanted), timeout_s=_left(deadline)):
             try:
                 pred = decode(Prediction, msg.value())
             except BadMessage:
@@ -60,7 +74,10 @@ def await_outcomes(
     done: set[str] = set()
     letters: dict[str, DeadLetter] = {}
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    with TopicReader(bootstrap, [topics.predictions, topics.dlq], purpose="predictions") as reader:
+    names = [topics.predictions, topics.dlq]
+    with TopicReader(
+        bootstrap, names, purpose="predictions", timeout_s=_request_timeout(timeout_s)
+    ) as reader:
         reader.start()
         while wanted - done:
             left = None if deadline is None else deadline - time.monotonic()
@@ -86,6 +103,27 @@ def await_outcomes(
                     done.add(image_id)
                     yield letter
                 letters.clear()
+
+
+def follow_outcomes(
+    bootstrap: str, topics: Topics, *, timeout_s: float | None = None
+) -> Iterator[Prediction | DeadLetter]:
+    """Predictions and dead letters as they come, each topic from its beginning (`predictions --follow`):
+    an image that fails shows up with its reason instead of never. `timeout_s` bounds the whole read."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    names = [topics.predictions, topics.dlq]
+    with TopicReader(
+        bootstrap, names, purpose="predictions", timeout_s=_request_timeout(timeout_s)
+    ) as reader:
+        reader.start()
+        for msg in reader.messages(follow=True, timeout_s=_left(deadline)):
+            try:
+                if msg.topic() == topics.predictions:
+                    yield decode(Prediction, msg.value())
+                else:
+                    yield decode(DeadLetter, msg.value())
+            except BadMessage:
+                continue
 
 
 @dataclass(frozen=True)

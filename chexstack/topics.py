@@ -82,10 +82,12 @@ def ensure_topics(
 
     `security`: SASL settings (chexstack.kafka_auth.sasl_config); default: the caller's own.
     """
-    from chexstack.bus import ReadError, client_config, no_answer
+    from chexstack.bus import LibrdkafkaLogger, ReadError, client_config, no_answer
 
     admin = AdminClient(
-        client_config(bootstrap) if security is None else {"bootstrap.servers": bootstrap, **security}
+        client_config(bootstrap)
+        if security is None
+        else {"bootstrap.servers": bootstrap, "logger": LibrdkafkaLogger(), **security}
     )
     try:
         existing = set(admin.list_topics(timeout=timeout_s).topics)

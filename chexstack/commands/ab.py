@@ -47,8 +47,9 @@ def set_weights(
 
     try:
         parsed = parse_weights(weights or [])
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="WEIGHTS") from exc
+    except ValueError as exc:  # before serving, the hub or Kafka is asked anything
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     hub_path = hub or default_hub()
     if hub is not None or hub_path.exists():
         from chexstack.commands.hub import service

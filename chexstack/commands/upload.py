@@ -41,6 +41,15 @@ def _files(paths: list[Path]) -> Iterator[Path]:
             yield path
 
 
+def _not_uploadable(path: Path) -> str | None:
+    """Why a PATH argument cannot be uploaded at all, or None: it must be a file or a directory."""
+    if not path.exists():  # also a link to nothing
+        return "no such file"
+    if not path.is_file() and not path.is_dir():
+        return "not a regular file (nor a directory to walk)"
+    return None
+
+
 def upload(
     paths: Annotated[
         list[Path], typer.Argument(help="Files or directories (walked recursively).", show_default=False)
@@ -72,10 +81,17 @@ def upload(
 ) -> None:
     """Upload radiographs (PNG, JPEG, DICOM CR/DX): one line per file, `<name>TAB<image_id>` or the reason.
 
-    Exit status: 0 all uploaded, 1 some file rejected, 2 Kafka, the store or the ingest service unusable.
+    Exit status: 0 all uploaded, 1 some file rejected, 2 a PATH that is not there (nothing is uploaded),
+    or Kafka, the store or the ingest service unusable.
     """
     from chexstack.ingest.uploader import UploadUnavailable, open_uploader
 
+    # A mistyped argument is named before anything is contacted or uploaded.
+    for path in paths:
+        problem = _not_uploadable(path)
+        if problem is not None:
+            typer.echo(f"error: {path}: {problem}", err=True)
+            raise typer.Exit(2)
     limits = Limits(max_bytes=max_bytes, max_pixels=max_pixels)
     try:
         target: UploadTarget = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -26,6 +26,9 @@ from chexstack.settings import (
     TopicPrefixOpt,
     option,
 )
+
+if TYPE_CHECKING:
+    from chexstack.workers.base import BatchWorker, WorkerStats
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +92,7 @@ def preprocess(
         transaction_timeout_s=transaction_timeout_s,
     )
     worker.install_signal_handlers()
-    stats = worker.run()
+    stats = _run(worker)
     log.info("preprocess stopped: %s", stats)
 
 
@@ -129,7 +132,8 @@ def route(
     try:
         default = parse_weights(weights)
     except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--ab-weights") from exc
+        typer.echo(f"error: --ab-weights: {exc}", err=True)
+        raise typer.Exit(2) from exc
     topics = Topics(topic_prefix)
     client = ServingClient(serving, timeout_s=serving_timeout_s)
     follower = ControlFollower(
@@ -149,11 +153,23 @@ def route(
     )
     worker.install_signal_handlers()
     try:
-        stats = worker.run()
+        stats = _run(worker)
         log.info("router stopped: %s", stats)
     finally:
         follower.close()
         client.close()
+
+
+def _run(worker: BatchWorker) -> WorkerStats:
+    """The worker's loop; a producer that cannot carry on ends it with status 1 and the reason it logged
+    (no traceback), for the restart policy. A broker that does not answer at start-up is bus.ReadError,
+    one line from the CLI."""
+    from chexstack.workers.base import TransactionFailed
+
+    try:
+        return worker.run()
+    except TransactionFailed as exc:
+        raise typer.Exit(1) from exc
 
 
 def register(app: typer.Typer) -> None:

@@ -17,7 +17,7 @@ from confluent_kafka import KafkaException
 
 from chexstack import deid, imageio
 from chexstack.blobstore import BlobStore, open_store, sha256_hex
-from chexstack.bus import PublishError, make_producer, produce_sync
+from chexstack.bus import PublishError, auth_hint, make_producer, produce_sync, reason
 from chexstack.messages import Uploaded, now_ms
 from chexstack.settings import Limits, configured_pseudonym_key
 from chexstack.topics import Topics
@@ -147,8 +147,9 @@ class Uploader(UploadTarget):
             meta = self._producer.list_topics(timeout=timeout_s)
         except Exception as exc:
             raise KafkaUnavailable(
-                f"cannot reach Kafka at {self.bootstrap} within {timeout_s:.0f} s ({exc}); "
+                f"cannot reach Kafka at {self.bootstrap} within {timeout_s:.0f} s ({reason(exc)}); "
                 "is the broker running (`chexstack kafka up`) and --kafka/CHEXSTACK_KAFKA right?"
+                + auth_hint()
             ) from exc
         if self.topics.uploaded not in meta.topics:
             raise KafkaUnavailable(

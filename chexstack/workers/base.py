@@ -42,7 +42,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from chexstack.bus import make_consumer, producer_config
+from chexstack.bus import make_consumer, producer_config, require_broker
 from chexstack.messages import MAX_VALUE_BYTES, DeadLetter, now_ms
 from chexstack.settings import DEFAULT_TRANSACTION_TIMEOUT_S
 
@@ -68,6 +68,10 @@ REJOIN_TIMEOUT_S = 30.0
 RETRY_PAUSE_S = 0.5
 # Exit status when the watchdog ends a stalled worker (EX_TEMPFAIL: start me again).
 STALLED_EXIT_CODE = 75
+# How long a starting worker waits for the brokers to answer before it gives up with their address: at
+# start-up no answer is a wrong address or missing credentials, not an outage to wait out. Once running,
+# outages are waited out (librdkafka reconnects) up to the stall and transaction timeouts.
+STARTUP_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -276,12 +280,22 @@ class BatchWorker:
             signal.signal(sig, lambda *_: self.stop_event.set())
 
     def run(self) -> WorkerStats:
+        """Process batches until asked to stop. Raises bus.ReadError when the brokers do not answer at
+        start-up, TransactionFailed when the producer cannot carry on."""
+        try:
+            require_broker(self.consumer, self._bootstrap, STARTUP_TIMEOUT_S)
+        except BaseException:
+            self.consumer.close()
+            raise
         self.watchdog.start()
         try:
-            self.producer.init_transactions(30)
-            self._subscribe()
-            log.info("%s: consuming %s", self.name, self.in_topic)
             try:
+                try:
+                    self.producer.init_transactions(30)
+                except KafkaException as exc:
+                    raise TransactionFailed(f"init_transactions: {exc}") from exc
+                self._subscribe()
+                log.info("%s: consuming %s", self.name, self.in_topic)
                 while not self.stop_event.is_set():
                     self.beat()
                     self._rejoin_if_outside()

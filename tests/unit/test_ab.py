@@ -11,10 +11,26 @@ def test_parse_weights_forms() -> None:
     assert parse_weights("") == {}
 
 
-@pytest.mark.parametrize("bad", ["stable", "stable=x", "=3", "stable=-1", "stable=0"])
-def test_parse_weights_rejects_bad_input_with_reason(bad: str) -> None:
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("stable", "bad weight 'stable': expected NAME=INTEGER"),
+        ("stable=x", "bad weight 'stable=x': expected NAME=INTEGER"),
+        ("=3", "bad weight '=3': expected NAME=INTEGER"),
+        ("stable=-1", "bad weight 'stable=-1': a weight is 0 or more"),
+        ("stable=1,stable=2", "bad weight 'stable=2': stable is given twice"),
+        ("stable=0", "bad weights stable=0: every weight is 0"),
+        ("stable=0, canary=0", "bad weights stable=0, canary=0: every weight is 0"),
+    ],
+)
+def test_parse_weights_rejects_bad_input_with_reason(bad: str, reason: str) -> None:
+    with pytest.raises(ValueError) as exc:
         parse_weights(bad)
+    assert str(exc.value).startswith(reason) and "\n" not in str(exc.value)
+
+
+def test_parse_weights_allows_a_zero_beside_a_positive_weight() -> None:
+    assert parse_weights("stable=100,canary=0") == {"stable": 100, "canary": 0}
 
 
 def test_choose_variant_follows_weights_and_is_sticky() -> None:
