@@ -12,12 +12,13 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Extra ansible-playbook arguments for `make up` / `make down`, e.g. ARGS='-e chexstack_expose=true'.
 ARGS ?=
 
-.PHONY: help venv system-deps up down images lint typecheck unit integration e2e security browser test demo schemas bench clean
+.PHONY: help venv system-deps up down images lint typecheck unit integration journeys e2e security browser test demo schemas bench clean
 
 help:
 	@echo "make up      - install the controller toolchain, run site.yml on this machine (the platform)"
 	@echo "make down    - stop every platform container; volumes (Kafka data, models, blobs) are kept"
 	@echo "make test    - install what is needed, then lint, unit, integration and e2e (Molecule, playbook, browser) tests"
+	@echo "make journeys - every shell block of the README, run as written (beside a running platform)"
 	@echo "make security - security probes alone (containers, tokens, HTTP limits, poison, PHI) on the e2e instance"
 	@echo "make browser - browser tests alone: deploys the isolated e2e instance, drives JupyterLab with Chromium"
 	@echo "make demo    - broker, model, serving and workers on this machine; upload synthetic X-rays"
@@ -66,6 +67,11 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(VENV)/bin/pytest tests/integration -q --durations=15
 
+# Every shell block of the README as written, in order (tests/journeys): the README cannot drift from
+# the code.
+journeys: $(STAMP)
+	$(VENV)/bin/pytest tests/journeys -v --durations=15
+
 # ansible-lint and yamllint, every role's Molecule scenario, then the whole playbook on this machine,
 # then the security tier (what a local or notebook user could try) and the browser tier (Playwright +
 # Chromium, notebooks run headless) against the same deployment: one pytest process, so the platform
@@ -83,7 +89,7 @@ security: $(STAMP)
 browser: $(STAMP)
 	$(VENV)/bin/pytest tests/browser -v
 
-test: lint typecheck schemas unit integration e2e
+test: lint typecheck schemas unit integration journeys e2e
 
 demo: $(STAMP)
 	bash scripts/demo.sh

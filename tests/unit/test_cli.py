@@ -6,6 +6,7 @@ checker itself is tested on a small app that breaks it on purpose, so a clean re
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +22,7 @@ from chexstack.settings import env_name, option, secret
 from chexstack.training.config import TrainConfig
 
 # Short spellings kept for scripts and roles (`chexstack hub serve --port 8600`, `chexstack kafka down
-# --data-dir D --port P`); the setting is named by the first flag (--hub-port = CHEXSTACK_HUB_PORT).
+# --data-dir D`); the setting is named by the first flag (--hub-port = CHEXSTACK_HUB_PORT).
 KEPT_ALIASES = {"--host", "--port", "--data-dir"}
 # Commands whose options default to None = "from --config, else the model's default": the model's field
 # default is the option's default.
@@ -30,6 +31,7 @@ DEFERRED = {"chexstack train": TrainConfig}
 DERIVED = {
     ("chexstack data prepare", "--workers"),  # the CPU count, at most 4
     ("chexstack train", "--image-size"),  # the shards' size (written by `data prepare --image-size`)
+    ("chexstack models handoff", "--label"),  # none: the version is loaded and no label moves
 }
 
 # Inputs of one call, not settings: `option(..., env=False)`, no CHEXSTACK_ variable. Which patient,
@@ -37,6 +39,7 @@ DERIVED = {
 INPUTS = {
     "--patient-id", "--image-id", "--follow", "--json", "--out", "--count", "--version", "--label",
     "--force", "--skip-bad-rows", "--config", "--no-hub", "--kind", "--limit", "--reason", "--all",
+    "--stable", "--canary", "--verbose",
 }  # fmt: skip
 
 REQUIRED = "<required>"
@@ -102,6 +105,21 @@ def problems(root: typer.Typer) -> list[str]:
 
 def test_every_option_is_one_setting() -> None:
     assert problems(app) == []
+
+
+def _readme_settings_table() -> str:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## Settings: one name each")
+    return readme[start : readme.index("\n## ", start + 1)]
+
+
+def test_every_variable_is_in_the_readme_settings_table() -> None:
+    table = _readme_settings_table()
+    missing = sorted(
+        {str(param.envvar) for _, param in _options(app) if param.envvar}
+        - set(re.findall(r"`(CHEXSTACK_\w+)`", table))
+    )
+    assert missing == [], "add these to the README's settings table: " + ", ".join(missing)
 
 
 def test_the_exceptions_are_all_still_needed() -> None:
@@ -170,13 +188,14 @@ runner = CliRunner()
 
 def test_a_flag_reads_its_variable_and_the_short_alias_still_works(tmp_path: Path) -> None:
     env = {"CHEXSTACK_HOME": str(tmp_path)}
-    # Nothing listens on these ports: `kafka status` names the one it tried and exits 1.
-    by_env = runner.invoke(app, ["kafka", "status"], env={**env, "CHEXSTACK_KAFKA_PORT": "9"})
-    assert (by_env.exit_code, by_env.output) == (1, "kafka not running on 127.0.0.1:9\n")
-    by_alias = runner.invoke(app, ["kafka", "status", "--port", "7"], env=env)
-    assert (by_alias.exit_code, by_alias.output) == (1, "kafka not running on 127.0.0.1:7\n")
-    by_name = runner.invoke(app, ["kafka", "status", "--kafka-port", "5"], env=env)
-    assert (by_name.exit_code, by_name.output) == (1, "kafka not running on 127.0.0.1:5\n")
+    # Nothing listens on these ports: `kafka status` names the data dir and address it tried, exits 1.
+    by_env = runner.invoke(app, ["kafka", "status"], env={**env, "CHEXSTACK_KAFKA": "127.0.0.1:9"})
+    assert (by_env.exit_code, by_env.output) == (1, f"kafka not running in {tmp_path}/kafka (127.0.0.1:9)\n")
+    data = tmp_path / "d"
+    by_name = runner.invoke(app, ["kafka", "status", "--kafka", "127.0.0.1:5", "--kafka-data-dir", str(data)])
+    assert (by_name.exit_code, by_name.output) == (1, f"kafka not running in {data} (127.0.0.1:5)\n")
+    by_alias = runner.invoke(app, ["kafka", "status", "--kafka", "127.0.0.1:7", "--data-dir", str(data)])
+    assert (by_alias.exit_code, by_alias.output) == (1, f"kafka not running in {data} (127.0.0.1:7)\n")
 
 
 def test_an_input_of_one_call_reads_no_variable(tmp_path: Path) -> None:
