@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import errno
+import ipaddress
 import os
 import re
 import shutil
@@ -73,6 +74,12 @@ def local_address(kafka: str) -> tuple[str, int]:
             s.bind((host, 0))
     except OSError as exc:
         raise BrokerError(f"{kafka!r}: {host} is not an address of this machine ({exc})") from exc
+    # Without --kafka-auth the broker takes every connection: it must not be reachable from the network.
+    if not ipaddress.ip_address(socket.gethostbyname(host)).is_loopback:
+        raise BrokerError(
+            f"{kafka!r}: a development broker listens on loopback only (127.0.0.1, localhost); "
+            "the platform's broker (make up, chexstack_expose) is the one to expose"
+        )
     return host, int(port_text)
 
 

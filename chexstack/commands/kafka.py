@@ -96,7 +96,16 @@ def up(
 @kafka_app.command("down")
 def down(data_dir: DataDirOpt = None, kafka: KafkaOpt = DEFAULT_KAFKA) -> None:
     """Stop the data directory's broker, on whichever address it runs; its data stays."""
-    broker = _broker(data_dir, kafka)
+    from chexstack.broker import Broker, BrokerError, default_data_dir, recorded_address
+
+    # The data directory finds the broker: a CHEXSTACK_KAFKA that names another machine or a list (a
+    # client setting) must not keep it running. Its recorded address stands in for such a --kafka.
+    directory = (data_dir or default_data_dir()).absolute()
+    recorded = recorded_address(directory)
+    try:
+        broker = Broker.at(directory, kafka)
+    except BrokerError:
+        broker = _broker(directory, recorded or kafka)  # without one, the error line for --kafka
     pid = broker.running_pid()
     address = broker.running_address()
     if pid is None or address is None:

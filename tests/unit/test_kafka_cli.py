@@ -40,6 +40,17 @@ def listener() -> Iterator[socket.socket]:
         yield s
 
 
+def test_a_development_broker_is_never_bound_beyond_loopback(tmp_path: Path) -> None:
+    # This machine's own non-loopback address: bindable, but a broker without logins there would be
+    # open to the network.
+    addresses = subprocess.run(["hostname", "-I"], capture_output=True, text=True, check=True).stdout.split()
+    lan = next(a for a in addresses if ":" not in a and not a.startswith("127."))
+    result = cli("kafka", "up", "--kafka", f"{lan}:{free_port_pair()}", home=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "a development broker listens on loopback only" in result.stderr
+    assert not (tmp_path / "kafka").exists()
+
+
 @pytest.mark.parametrize(
     ("kafka", "why"),
     [
@@ -133,3 +144,20 @@ def test_topics_against_a_closed_port_is_one_error_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stdout == ""
     assert result.stderr == f"error: cannot connect to Kafka at 127.0.0.1:{port} (Connection refused)\n"
+
+
+def test_down_finds_its_broker_by_the_data_dir_whatever_kafka_the_shell_names(tmp_path: Path) -> None:
+    # CHEXSTACK_KAFKA as a client sets it for a remote broker: `down` of a local data dir still works,
+    # on the address the data dir recorded; with nothing recorded, the bad --kafka is the one error line.
+    port = free_port_pair()
+    data = tmp_path / "kafka"
+    data.mkdir()
+    (data / "server.properties").write_text(f"advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n")
+    remote = {"CHEXSTACK_KAFKA": "kafka:9092"}
+    result = cli("kafka", "down", "--kafka-data-dir", str(data), home=tmp_path, env=remote)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"kafka not running in {data} (127.0.0.1:{port})"
+    empty = tmp_path / "empty"
+    result = cli("kafka", "down", "--kafka-data-dir", str(empty), home=tmp_path, env=remote)
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --kafka 'kafka:9092'") and "Traceback" not in result.stderr
