@@ -130,6 +130,16 @@ class Service:
         checksum = (old.spec.get("dataset") or {}).get("checksum")
         if checksum and "dataset_checksum" not in config:
             config["dataset_checksum"] = checksum
+        # Jobs recorded before paths were stored absolute meant the cwd of their rerun; the rerun's YAML
+        # file lives under the hub, where a relative path would now point.
+        for key in ("data_dir", "job_dir", "logs_dir", "model_base", "model_base_path", "model_config_file"):
+            if isinstance(config.get(key), str) and not Path(config[key]).is_absolute():
+                config[key] = str(Path(config[key]).absolute())
+        if (
+            config.get("weights") not in (None, "random", "imagenet")
+            and not Path(config["weights"]).is_absolute()
+        ):
+            config["weights"] = str(Path(config["weights"]).absolute())
         new_id = self.hub.create_job(
             kind="train",
             project=old.project,

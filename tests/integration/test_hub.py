@@ -344,7 +344,8 @@ def test_promote_rollback_and_ab_steer_the_router(
 
 def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> None:
     # A config no trainer accepts: the rerun must still be recorded, failed, and linked to the original.
-    config = {"epochs": 1, "not_a_train_option": True}
+    # A relative data_dir, as jobs recorded before paths were stored absolute have: the rerun's cwd.
+    config = {"epochs": 1, "not_a_train_option": True, "data_dir": "recorded/shards"}
     old = hub.start_job("train", "chexnet", "tiny", MODEL_NAME, {"config": config})
     hub.finish_job(old, "succeeded", {"mean_auroc": 0.9}, model_version=1)
     res = cli("jobs", "rerun", old[:6], "--hub", str(hub.path))
@@ -356,6 +357,7 @@ def test_rerun_writes_the_recorded_config_and_records_the_outcome(hub: Hub) -> N
     # The recorded config, except the job directory: a rerun trains from scratch in a new one.
     assert yaml.safe_load((hub.path.parent / "reruns" / f"{new.id}.yaml").read_text()) == {
         **config,
+        "data_dir": str(Path.cwd() / "recorded" / "shards"),
         "job_dir": None,
     }
     serve = hub.start_job("serve", "chexnet", "tiny", MODEL_NAME, {"action": "promote"})
