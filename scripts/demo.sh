@@ -54,6 +54,7 @@ cleanup() {
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   chexstack kafka down --kafka-data-dir "$RUN/kafka" || true
+  [ -z "${partial:-}" ] || rm -rf "$partial"
   if [ "$status" -eq 0 ] && [ -z "${CHEXSTACK_DEMO_KEEP:-}" ]; then
     rm -rf "$RUN"
   else
@@ -69,12 +70,13 @@ chexstack kafka up --kafka-data-dir "$RUN/kafka"
 if [ ! -d "$MODEL_BASE/1" ]; then
   echo "== exporting CheXNet (DenseNet-121, random weights) to $MODEL_BASE/1 (once; kept for later runs)"
   # Exported beside the cache and moved in whole: an interrupted export is never taken for a model.
-  mkdir -p "$(dirname "$MODEL_BASE")"
+  mkdir -p "$MODEL_BASE"
   partial="$(mktemp -d "$(dirname "$MODEL_BASE")/.export.XXXXXX")"
   chexstack models export --out "$partial" --version 1 --weights random --seed 0
-  mkdir -p "$MODEL_BASE"
-  mv "$partial/1" "$MODEL_BASE/1"
+  # -T: never into a version 1 another demo moved in meanwhile (that one is as good).
+  mv -T "$partial/1" "$MODEL_BASE/1" 2>/dev/null || true
   rm -rf "$partial"
+  partial=""
 fi
 
 echo "== chexstack serve: gRPC $CHEXSTACK_SERVING, REST $CHEXSTACK_SERVING_REST"
@@ -86,7 +88,12 @@ for _ in $(seq 1 180); do
   kill -0 "${pids[0]}" 2>/dev/null || { cat "$RUN/logs/serve.log"; exit 1; }
   sleep 1
 done
-curl -fs "http://$CHEXSTACK_SERVING_REST/v1/models/chexnet"; echo
+if ! curl -fs "http://$CHEXSTACK_SERVING_REST/v1/models/chexnet"; then
+  tail -n 20 "$RUN/logs/serve.log"
+  echo "error: serving did not load the model within 180 s (log above, in $RUN/logs/serve.log)" >&2
+  exit 1
+fi
+echo
 
 echo "== workers: preprocess and route"
 chexstack preprocess >"$RUN/logs/preprocess.log" 2>&1 &
