@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,22 +46,31 @@ def test_ci_blocks_are_only_what_ci_runs() -> None:
             assert command in ("", "make up", "make test"), f"{block.name}: {line!r} is not `make up|test`"
 
 
-# What the README's blocks write outside $CHEXSTACK_HOME (its /tmp paths, and the walkthrough's
-# git-ignored files in the checkout): removed first, so every run starts as a new user's machine would.
-WALKTHROUGH_OUTPUTS = [
-    Path("/tmp/xrays"), Path("/tmp/uploads.tsv"), Path("/tmp/kafka-auth"), Path("/tmp/synthetic"),
-    Path("/tmp/shards"), Path("/tmp/job"),
-    REPO / "models" / "chexnet", REPO / "models.config", REPO / "models.config.lock",
-]  # fmt: skip
+# What the README's blocks write outside $CHEXSTACK_HOME: its /tmp scratch paths, removed first so every
+# run starts as a new user's machine would, and the walkthrough's git-ignored files in the checkout,
+# which may be a developer's own: the tier refuses to start beside them and removes its own at the end.
+SCRATCH = [Path(p) for p in ("/tmp/xrays", "/tmp/uploads.tsv", "/tmp/kafka-auth", "/tmp/synthetic",
+                             "/tmp/shards", "/tmp/job")]  # fmt: skip
+CHECKOUT_OUTPUTS = [REPO / "models" / "chexnet", REPO / "models.config", REPO / "models.config.lock"]
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
 
 
 @pytest.fixture(scope="module")
-def journey_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    for path in WALKTHROUGH_OUTPUTS:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
+def journey_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    present = [str(p) for p in CHECKOUT_OUTPUTS if p.exists() or p.is_symlink()]
+    if present:
+        pytest.fail(
+            "the README walkthrough's outputs are in the checkout; move them away first: "
+            + ", ".join(present)
+        )
+    for path in SCRATCH:
+        _remove(path)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHEXSTACK_") or k in KEPT}
     venv = REPO / ".venv"
     hub_port, ingest_port = free_port(), free_port()
@@ -77,7 +87,11 @@ def journey_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         TF_CPP_MIN_LOG_LEVEL="2",
     )
     env[MARKER] = uuid.uuid4().hex
-    return env
+    try:
+        yield env
+    finally:
+        for path in CHECKOUT_OUTPUTS:
+            _remove(path)
 
 
 def _brokers(marker: str) -> set[int]:
